@@ -1,0 +1,47 @@
+"""CLI plumbing: logging to stderr and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import typer
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Send medseg's log to stderr as ``medseg: warning: ...`` lines."""
+    logger = logging.getLogger("medseg")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("medseg: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def one_line_errors(func):
+    """Turn :class:`MedsegError` (and any unexpected error) into ``error: ...`` and exit code 1.
+
+    Set ``MEDSEG_DEBUG=1`` to see the traceback of unexpected errors.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from medseg.errors import MedsegError
+
+        try:
+            return func(*args, **kwargs)
+        except MedsegError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("MEDSEG_DEBUG"):
+                raise
+            text = " ".join(str(exc).split())[:300]
+            typer.echo(f"error: unexpected {type(exc).__name__}: {text} (MEDSEG_DEBUG=1 shows details)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper

@@ -1,0 +1,117 @@
+"""Dataset quality check: read every case once and list every problem, not just the first."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.dataset import Case, Dataset
+from medseg.errors import MedsegError
+from medseg.io.geometry import grid_mismatch
+from medseg.io.volume_io import read_volume
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. ``severity`` is ``error`` (blocks training) or ``warning``."""
+
+    severity: str
+    case_id: str | None
+    message: str
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.case_id}: " if self.case_id else ""
+        file = f"{self.path}: " if self.path else ""
+        return f"{self.severity.upper()} {where}{file}{self.message}"
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_dataset`."""
+
+    dataset: Dataset
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        d = self.dataset
+        return (f"{d.name} ({d.source}): {len(d.cases)} cases, {len(d.labelled)} labelled, "
+                f"{len(d.channels)} channel(s), labels {sorted(d.labels)}: "
+                f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+
+
+def check_dataset(dataset: Dataset, workers: int = 2) -> CheckReport:
+    """Check every case of ``dataset``: files, grids, label values, NaNs, ids.
+
+    Args:
+        dataset: From :func:`medseg.data.load_dataset`.
+        workers: Threads reading cases (decompression releases the GIL).
+    """
+    report = CheckReport(dataset)
+    report.problems += [Problem("error", None, text) for text in dataset.problems]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for found in pool.map(lambda c: check_case(c, dataset), dataset.cases):
+            report.problems += found
+    return report
+
+
+def check_case(case: Case, dataset: Dataset) -> list[Problem]:
+    """All problems of one case (empty list when it is fine)."""
+    problems: list[Problem] = []
+
+    def err(message: str, path: Path | None = None, severity: str = "error") -> None:
+        problems.append(Problem(severity, case.id, message, path))
+
+    reference = None
+    channels = 0
+    for path in case.images:
+        try:
+            image = read_volume(path)
+        except MedsegError as exc:
+            err(exc.problem, path)
+            continue
+        channels += image.num_channels
+        for text in image.meta.get("warnings", []):
+            err(text, path, "warning")
+        bad = int((~np.isfinite(image.array)).sum())
+        if bad:
+            err(f"{bad} NaN or infinite voxel(s)", path)
+        if reference is None:
+            reference = image
+        elif mismatch := grid_mismatch(reference.spatial_shape, reference.affine, image.spatial_shape, image.affine):
+            err(f"channel grid differs from {case.images[0].name}: {'; '.join(mismatch)}", path)
+    if channels and dataset.channels and channels != len(dataset.channels):
+        err(f"{channels} channel(s) but the dataset declares {len(dataset.channels)}", case.images[0])
+    if case.label is None:
+        err("no label (the case cannot be used for training)", severity="warning")
+        return problems
+    try:
+        label = read_volume(case.label, label=True)
+    except MedsegError as exc:
+        err(exc.problem, case.label)
+        return problems
+    if reference is not None:
+        mismatch = grid_mismatch(reference.spatial_shape, reference.affine, label.spatial_shape, label.affine)
+        if mismatch:
+            err(f"label grid does not match the image: {'; '.join(mismatch)}", case.label)
+    values = set(np.unique(label.array).tolist())
+    if extra := values - set(dataset.labels):
+        err(f"label value(s) {sorted(extra)} not among the declared labels {sorted(dataset.labels)}", case.label)
+    elif values <= {0}:
+        err("label map is empty (background only)", case.label, "warning")
+    return problems

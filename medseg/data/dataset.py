@@ -1,0 +1,206 @@
+"""Datasets: MSD folders, nnU-Net v2 raw folders and medseg manifests, all as one :class:`Dataset`.
+
+A *medseg manifest* is a YAML or JSON file::
+
+    name: Hippocampus
+    channels: {0: MR}              # channel index -> modality name
+    labels: {0: background, 1: anterior, 2: posterior}
+    cases:
+      - id: hippocampus_001
+        images: [imagesTr/hippocampus_001.nii.gz]   # one path per channel, relative to the manifest
+        label: labelsTr/hippocampus_001.nii.gz      # optional
+        fold: 0                                     # optional (or split: train|val|test)
+
+Unknown top-level or case keys are errors, so a typo does not silently drop a setting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import MedsegError
+
+MANIFEST_NAMES = ("medseg.yaml", "medseg.yml", "medseg.json", "manifest.yaml", "manifest.yml")
+_MANIFEST_KEYS = {"name", "description", "channels", "labels", "cases", "file_ending"}
+_CASE_KEYS = {"id", "images", "label", "fold", "split"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject: its channel images, optional label map and split."""
+
+    id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+    fold: int | None = None
+    split: str | None = None
+
+
+@dataclass
+class Dataset:
+    """A labelled (or partly labelled) set of cases with declared labels and channels.
+
+    Attributes:
+        labels: Label value -> name; 0 is background.
+        channels: Channel index -> modality name (``CT``, ``MR``...); decides normalisation.
+        problems: Problems found while parsing (duplicate ids...), reported by ``medseg check``.
+    """
+
+    name: str
+    root: Path
+    source: str  # "msd", "nnunet", "manifest"
+    labels: dict[int, str]
+    channels: dict[int, str]
+    cases: list[Case]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> list[Case]:
+        return [c for c in self.cases if c.label is not None]
+
+    @property
+    def foreground_labels(self) -> dict[int, str]:
+        return {k: v for k, v in self.labels.items() if k != 0}
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Load a dataset from a folder (MSD, nnU-Net v2 or one holding a manifest) or a manifest file.
+
+    Raises:
+        MedsegError: when the path is not a dataset or its description cannot be parsed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedsegError("dataset not found", path)
+    if path.is_file():
+        return _load_manifest(path)
+    for name in MANIFEST_NAMES:
+        if (path / name).is_file():
+            return _load_manifest(path / name)
+    desc = path / "dataset.json"
+    if not desc.is_file():
+        raise MedsegError("not a dataset folder (no dataset.json, medseg.yaml or manifest.yaml)", path)
+    data = _read_structured(desc)
+    if "channel_names" in data or "file_ending" in data:
+        return _load_nnunet(path, data, desc)
+    if "training" in data:
+        return _load_msd(path, data, desc)
+    raise MedsegError("dataset.json is neither MSD (no 'training') nor nnU-Net v2 (no 'channel_names')", desc)
+
+
+def _read_structured(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise MedsegError(f"cannot parse ({' '.join(str(exc).split())[:200]})", path) from None
+    if not isinstance(data, dict):
+        raise MedsegError("expected a mapping at the top level", path)
+    return data
+
+
+def _int_keys(mapping, where: Path, what: str) -> dict[int, str]:
+    try:
+        return {int(k): str(v) for k, v in dict(mapping or {}).items()}
+    except (TypeError, ValueError):
+        raise MedsegError(f"'{what}' keys must be integers", where) from None
+
+
+def _case_id(image: str) -> str:
+    name = Path(image).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _load_msd(root: Path, data: dict, desc: Path) -> Dataset:
+    cases = []
+    for i, entry in enumerate(data.get("training") or []):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise MedsegError(f"training entry {i} has no 'image'", desc)
+        label = entry.get("label")
+        cases.append(Case(id=_case_id(entry["image"]), images=(_resolve(root, entry["image"]),),
+                          label=_resolve(root, label) if label else None))
+    channels = _int_keys(data.get("modality", {0: "unknown"}), desc, "modality")
+    return _finish(Dataset(name=str(data.get("name", root.name)), root=root, source="msd",
+                           labels=_int_keys(data.get("labels", {}), desc, "labels"),
+                           channels=channels, cases=cases))
+
+
+def _load_nnunet(root: Path, data: dict, desc: Path) -> Dataset:
+    ending = str(data.get("file_ending", ".nii.gz"))
+    channels = _int_keys(data.get("channel_names", data.get("modality", {})), desc, "channel_names")
+    try:  # nnU-Net v2 labels: name -> value (regions as lists are not supported)
+        labels = {int(v): str(k) for k, v in dict(data.get("labels", {})).items()}
+    except (TypeError, ValueError):
+        raise MedsegError("'labels' must map names to integer values (region labels are not supported)",
+                          desc) from None
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    ids = sorted({p.name[: -len(ending)][:-5] for p in images_dir.glob(f"*_0000{ending}")})
+    cases = []
+    for case_id in ids:
+        images = tuple(images_dir / f"{case_id}_{c:04d}{ending}" for c in sorted(channels))
+        label = labels_dir / f"{case_id}{ending}"
+        cases.append(Case(id=case_id, images=images, label=label))
+    dataset = Dataset(name=str(data.get("name", root.name)), root=root, source="nnunet",
+                      labels=labels, channels=channels, cases=cases)
+    declared = data.get("numTraining")
+    if declared is not None and int(declared) != len(cases):
+        dataset.problems.append(f"dataset.json declares numTraining={declared} but imagesTr has {len(cases)} cases")
+    return _finish(dataset)
+
+
+def _load_manifest(path: Path) -> Dataset:
+    data = _read_structured(path)
+    unknown = set(data) - _MANIFEST_KEYS
+    if unknown:
+        raise MedsegError(f"unknown manifest key(s): {', '.join(sorted(unknown))}", path)
+    root = path.parent
+    cases = []
+    for i, entry in enumerate(data.get("cases") or []):
+        if not isinstance(entry, dict) or "images" not in entry:
+            raise MedsegError(f"case {i} has no 'images'", path)
+        bad = set(entry) - _CASE_KEYS
+        if bad:
+            raise MedsegError(f"case {i}: unknown key(s) {', '.join(sorted(bad))}", path)
+        images = entry["images"] if isinstance(entry["images"], list) else [entry["images"]]
+        label = entry.get("label")
+        cases.append(Case(
+            id=str(entry.get("id") or _case_id(images[0])),
+            images=tuple(_resolve(root, p) for p in images),
+            label=_resolve(root, label) if label else None,
+            fold=int(entry["fold"]) if entry.get("fold") is not None else None,
+            split=str(entry["split"]) if entry.get("split") else None,
+        ))
+    return _finish(Dataset(name=str(data.get("name", path.stem)), root=root, source="manifest",
+                           labels=_int_keys(data.get("labels", {}), path, "labels"),
+                           channels=_int_keys(data.get("channels", {0: "unknown"}), path, "channels"),
+                           cases=cases))
+
+
+def _resolve(root: Path, rel: str) -> Path:
+    return (root / str(rel)).resolve() if not Path(str(rel)).is_absolute() else Path(str(rel))
+
+
+def _finish(dataset: Dataset) -> Dataset:
+    seen: dict[str, int] = {}
+    for case in dataset.cases:
+        seen[case.id] = seen.get(case.id, 0) + 1
+    for case_id, count in seen.items():
+        if count > 1:
+            dataset.problems.append(f"duplicate case id '{case_id}' ({count} cases)")
+    if not dataset.labels:
+        dataset.problems.append("no labels declared")
+    elif 0 not in dataset.labels:
+        dataset.problems.append("labels do not declare 0 (background)")
+    if not dataset.cases:
+        dataset.problems.append("no cases")
+    return dataset

@@ -1,0 +1,24 @@
+"""The one exception type medseg raises for bad input.
+
+Every problem a user can cause (a damaged file, a dataset that does not add up, an option that makes
+no sense) is a :class:`MedsegError` whose message is one line naming the file and the problem. The CLI
+prints that line and moves on to the next case; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedsegError(Exception):
+    """A one-line, user-facing error about an input.
+
+    Args:
+        message: What is wrong, in one line.
+        path: The file or folder it is about; prefixed to the message when given.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self.problem = " ".join(str(message).split())  # always one line
+        super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)

@@ -1,0 +1,60 @@
+"""Write files so that a crash never leaves a half-written output: temp file in the same folder, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from medseg.errors import MedsegError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    The temporary name keeps the final suffixes (``.nii.gz`` etc.) so writers that choose a format by
+    extension still work. On any error the temporary file is removed and ``path`` is untouched.
+
+    Args:
+        path: Final destination.
+        overwrite: When False and ``path`` exists, raise :class:`MedsegError` before writing anything.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise MedsegError("output exists (use --overwrite to replace it)", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:40]}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
