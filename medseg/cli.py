@@ -83,6 +83,89 @@ def check(dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or
 
 @app.command()
 @one_line_errors
+def plan(
+    dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or a medseg manifest."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see configs/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
+):
+    """Fingerprint a dataset and print the training plan (spacing, patch, network, normalisation)."""
+    import json
+
+    from medseg.config import load_config
+    from medseg.data import load_dataset
+    from medseg.preprocess import fingerprint, make_plan
+
+    data = load_dataset(dataset)
+    plan_ = make_plan(fingerprint(data), data.channels, data.labels, load_config(config, set_))
+    typer.echo(json.dumps(plan_, indent=1))
+
+
+@app.command()
+@one_line_errors
+def train(
+    dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or a medseg manifest."),
+    out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model folder to write."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see configs/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
+    fold: int = typer.Option(0, "--fold", help="Validation fold (of train.folds, 5 by default)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs (overrides the config)."),
+    time_budget: str | None = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 30m."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms (slower)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+):
+    """Train a 3D U-Net on a dataset; the dataset is checked first and refused if it has errors."""
+    from medseg.config import load_config
+    from medseg.train import train as run_training
+
+    overrides = list(set_)
+    if epochs is not None:
+        overrides += [f"train.epochs={epochs}", "train.time_budget=null"]
+    if time_budget is not None:
+        overrides.append(f"train.time_budget={time_budget}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if deterministic:
+        overrides.append("train.deterministic=true")
+    run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device,
+                 echo=typer.echo)
+
+
+@app.command()
+@one_line_errors
+def infer(
+    model: Path = typer.Argument(..., help="Model folder from `medseg train` (or a folder of fold folders)."),
+    input_path: Path = typer.Argument(..., metavar="INPUT",
+                                      help="Image file, folder of images, DICOM folder (any studies), or manifest."),
+    out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="Where to write results."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write probability maps (float16)."),
+    dicom_seg: bool = typer.Option(True, "--dicom-seg/--no-dicom-seg", help="DICOM SEG for DICOM inputs."),
+    tta: bool | None = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (8x slower)."),
+    overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap, 0-0.9 (default 0.5)."),
+    modality: str | None = typer.Option(None, "--modality", help="DICOM: only series of this modality."),
+    description: str | None = typer.Option(None, "--description",
+                                           help="DICOM: only series whose description matches this regex."),
+    min_slices: int = typer.Option(3, "--min-slices", help="DICOM: skip series with fewer slices."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto, bf16, fp16 or fp32."),
+):
+    """Segment every case under INPUT into OUTPUT_DIR: one uint8 NIfTI label map per case on the input's
+    exact grid, a DICOM SEG for DICOM series, a JSON per case and summary.csv. Finished cases are skipped
+    unless --overwrite; a failing case is reported and the rest go on; exit code 1 if any case failed."""
+    from medseg.infer.batch import InferOptions, run_batch
+    from medseg.infer.inputs import SeriesFilter
+
+    options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg, mirror=tta,
+                           overlap=overlap, series=SeriesFilter(modality, description, min_slices))
+    summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=typer.echo)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
 def demo(
     out_dir: Path = typer.Argument(Path("medseg-demo"), help="Folder for the example's files."),
 ):

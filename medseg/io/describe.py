@@ -19,7 +19,8 @@ def describe_volume(volume: Volume) -> list[str]:
         f"spacing    {' x '.join(f'{s:.4g}' for s in volume.spacing)} mm",
         f"orientation {orientation_code(volume.affine)}" + _oblique(volume.affine),
         f"origin     ({', '.join(f'{o:.2f}' for o in volume.origin)}) mm RAS",
-        f"values     {arr.dtype}, range {finite.min():.4g} .. {finite.max():.4g}" if finite.size else "values     empty",
+        (f"values     {arr.dtype}, range {finite.min():.4g} .. {finite.max():.4g}" if finite.size
+         else "values     empty"),
     ]
     if finite.size != arr.size:
         lines.append(f"problem    {arr.size - finite.size} NaN or infinite voxel(s)")

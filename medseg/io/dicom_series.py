@@ -27,6 +27,9 @@ SPACING_ABS_TOL_MM = 0.01
 # Slices may drift sideways (gantry tilt) by at most this fraction of the in-plane pixel size.
 TILT_TOL_PIXELS = 0.1
 MIN_SLICES = 3
+# Files with these endings are never opened as DICOM (a forced parse of a large .nii.gz is slow).
+_NOT_DICOM = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".json", ".yaml", ".yml", ".txt", ".csv",
+              ".md", ".png", ".jpg", ".jpeg", ".pdf", ".xml", ".zip", ".gz", ".npz", ".npy", ".pt", ".html")
 
 _HEADER_TAGS = [
     "SOPClassUID", "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
@@ -125,7 +128,7 @@ def scan_folder(root: str | Path) -> FolderScan:
     non_dicom: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for path in sorted(_walk(root)):
-        ds = _read_header(path)
+        ds = None if path.name.lower().endswith(_NOT_DICOM) else _read_header(path)
         if ds is None:
             non_dicom.append(path)
             continue

@@ -53,7 +53,7 @@ def write_dicom_series(
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientName, ds.PatientID = modality.upper(), "Anonymous", "PHANTOM"
+        ds.Modality, ds.PatientName, ds.PatientID = modality.upper(), "Phantom^Anonymous", "PHANTOM"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = series_number, k + 1, description
         ds.ImageOrientationPatient = [f"{v:.10g}" for v in np.concatenate([direction[:, 0], direction[:, 1]])]

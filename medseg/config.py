@@ -1,0 +1,184 @@
+"""Run configuration: one dataclass per YAML section; unknown keys are errors; ``--set a.b=c`` overrides.
+
+Resolution order: dataclass defaults < ``configs/*.yaml`` file < ``--set`` overrides. Values left as
+``null`` (target spacing, patch size, batch size) are filled in by the plan; the fully resolved config
+is saved beside each trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import MedsegError
+
+
+@dataclass
+class PreprocessConfig:
+    target_spacing: list[float] | None = None  # mm (X, Y, Z); null: from the plan
+    crop_nonzero: bool = True
+    anisotropy_threshold: float = 3.0  # separate-z resampling above this spacing ratio
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dynunet"
+    base_filters: int = 32
+    max_filters: int = 320
+    deep_supervision: bool = True
+    deep_supervision_levels: int = 2
+    norm: str = "instance"
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    rotate_deg: float = 15.0
+    scale: list[float] = field(default_factory=lambda: [0.85, 1.15])
+    affine_prob: float = 0.2
+    elastic: bool = False
+    gamma_prob: float = 0.15
+    noise_prob: float = 0.1
+    blur_prob: float = 0.1
+    contrast_prob: float = 0.15
+    lowres_prob: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    time_budget: str | None = None  # e.g. "30m", "2h": scales the schedule to wall-clock time
+    iterations_per_epoch: int = 100
+    batch_size: int | None = None  # null: from the plan
+    patch_size: list[int] | None = None  # null: from the plan
+    memory_budget_mb: int = 2000  # for patch size / depth planning (activations per batch)
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 3e-3
+    weight_decay: float = 3e-5
+    lr_schedule: str = "poly"  # poly | cosine | constant
+    foreground_fraction: float = 0.33
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    num_workers: int = 1
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    seed: int = 0
+    deterministic: bool = False
+    folds: int = 5
+    val_tta: bool = False
+    final_tta: bool = True  # final validation with mirroring, on original grids
+    threads: int | None = None  # torch CPU threads; null: all cores
+
+
+@dataclass
+class InferConfig:
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    mirror_tta: bool = False
+
+
+@dataclass
+class PostprocessConfig:
+    # label value -> {mode: largest|min_size|none, min_volume_mm3: float, fill_holes: bool}
+    rules: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from an optional YAML file and ``key.sub=value`` overrides.
+
+    Raises:
+        MedsegError: for unknown sections or keys, or values of the wrong type.
+    """
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise MedsegError(f"cannot read config ({' '.join(str(exc).split())[:200]})", path) from None
+        if not isinstance(data, dict):
+            raise MedsegError("config must be a mapping of sections", path)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2:
+            raise MedsegError(f"--set expects section.key=value, got '{item}'")
+        data.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
+    return config_from_dict(data, where)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
+    config = RunConfig()
+    sections = {f.name: f for f in fields(RunConfig)}
+    for section, values in data.items():
+        if section not in sections:
+            raise MedsegError(f"{where}: unknown section '{section}' (known: {', '.join(sections)})")
+        target = getattr(config, section)
+        known = {f.name: f for f in fields(target)}
+        for key, value in (values or {}).items():
+            if key not in known:
+                raise MedsegError(f"{where}: unknown key '{section}.{key}' (known: {', '.join(known)})")
+            setattr(target, key, _coerce(value, getattr(target, key), f"{section}.{key}", where))
+    return config
+
+
+def _coerce(value: Any, default: Any, name: str, where: str) -> Any:
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, (int, float)) and not isinstance(value, bool):
+            return type(default)(value)
+        if isinstance(default, list):
+            return list(value)
+        if isinstance(default, dict):
+            return dict(value)
+        if isinstance(default, str):
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise MedsegError(f"{where}: '{name}' expects {type(default).__name__}, got {value!r}")
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    from medseg.io.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``"30m"`` -> 1800.0 seconds; accepts s, m, h suffixes or a bare number of seconds."""
+    if text is None:
+        return None
+    text = str(text).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise MedsegError(f"cannot parse duration '{text}' (use e.g. 30m, 2h, 90s)") from None
+
+
+__all__ = ["RunConfig", "load_config", "save_config", "config_from_dict", "parse_duration"]

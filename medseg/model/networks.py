@@ -1,0 +1,35 @@
+"""Networks by name, built from a plan. Only MONAI networks; no code of our own in the layers."""
+
+from __future__ import annotations
+
+import torch
+
+
+def build_network(plan: dict, model_config: dict) -> torch.nn.Module:
+    """Build the network the plan describes.
+
+    Args:
+        plan: From :func:`medseg.preprocess.plan.make_plan` (channels, labels, strides, kernels, filters).
+        model_config: The ``model`` section of the run config (name, deep supervision, norm).
+    """
+    name = model_config.get("name", "dynunet")
+    if name != "dynunet":
+        raise ValueError(f"unknown network '{name}' (available: dynunet)")
+    from monai.networks.nets import DynUNet
+
+    strides = plan["strides"]
+    levels = int(model_config.get("deep_supervision_levels", 2))
+    deep = bool(model_config.get("deep_supervision", True)) and len(strides) > 2
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=max(1, len(plan["channels"])),
+        out_channels=len(plan["labels"]),
+        kernel_size=plan["kernel_sizes"],
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=plan["filters"],
+        norm_name=model_config.get("norm", "instance"),
+        deep_supervision=deep,
+        deep_supr_num=min(levels, len(strides) - 2) if deep else 1,
+        res_block=False,
+    )

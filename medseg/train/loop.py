@@ -1,0 +1,85 @@
+"""Plain training and validation functions (no trainer class)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from medseg.infer.sliding import autocast, predict_probabilities
+from medseg.metrics.overlap import dice_per_class
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless augmented batches, produced in DataLoader worker processes (one seed per worker)."""
+
+    def __init__(self, sampler, augment_config, batch_size: int, seed: int):
+        super().__init__()
+        self.sampler, self.augment_config, self.batch_size, self.seed = sampler, augment_config, batch_size, seed
+
+    def __iter__(self):
+        from monai.data import set_track_meta
+
+        from medseg.train.augment import augment_batch, build_augmentation
+
+        set_track_meta(False)
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        self.sampler.rng = np.random.default_rng([self.seed, worker])
+        compose = build_augmentation(self.augment_config, seed=self.seed * 1000 + worker)
+        while True:
+            images, labels, _ = self.sampler.batch(self.batch_size)
+            images, labels = augment_batch(compose, images, labels)
+            yield torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Loss over DynUNet's stacked outputs ``(B, 1 + levels, K, ...)`` with weights 1, 1/2, 1/4... (normalised)."""
+    if output.dim() == target.dim():
+        return loss_fn(output, target)
+    weights = torch.tensor([0.5**i for i in range(output.shape[1])])
+    weights = weights / weights.sum()
+    return sum(w * loss_fn(output[:, i], target) for i, w in enumerate(weights))
+
+
+def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, set_lr, scaler=None) -> dict:
+    """Run ``steps`` optimisation steps; returns mean loss and the fraction of time spent waiting for data."""
+    net.train()
+    losses, wait, start = [], 0.0, time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        images, labels = next(batches)
+        wait += time.perf_counter() - t0
+        set_lr()
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            output = net(images)
+        loss = deep_supervision_loss(loss_fn, output.float(), labels)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            optimizer.step()
+        losses.append(float(loss.detach()))
+    total = time.perf_counter() - start
+    return {"loss": float(np.mean(losses)), "data_wait_fraction": wait / max(total, 1e-9), "seconds": total}
+
+
+def validate(net, images, labels, plan, device, dtype, mirror: bool = False) -> dict[int, float]:
+    """Mean Dice per foreground class over validation cases (in preprocessed space)."""
+    classes = sorted(k for k in plan["labels"] if int(k) != 0)
+    values = sorted(int(k) for k in plan["labels"])
+    scores: dict[int, list[float]] = {int(k): [] for k in classes}
+    for image, label in zip(images, labels, strict=True):
+        probs = predict_probabilities(net, image, plan["patch_size"], device, dtype, mirror=mirror)
+        pred = np.asarray(values)[probs.argmax(0)]
+        for k, d in dice_per_class(pred, label, classes).items():
+            scores[k].append(d)
+    return {k: float(np.mean(v)) for k, v in scores.items()}

@@ -1,0 +1,222 @@
+"""``medseg train``: dataset -> model folder. Plan, preprocess (cached), train, validate, checkpoint.
+
+The model folder (what ``medseg infer`` loads) holds: ``config.yaml`` (resolved), ``plan.json``,
+``fingerprint.json``, ``labels.json``, ``splits.json``, ``weights.pt`` (best validation),
+``checkpoint_last.pt`` (everything needed to resume), ``log.jsonl``, ``versions.json`` and
+``SHA256SUMS``. Every file is written atomically, so SIGKILL at any moment leaves it consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.config import RunConfig, config_from_dict, parse_duration, save_config
+from medseg.errors import MedsegError
+from medseg.io.atomic import write_text_atomic
+from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_sha256sums
+from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
+from medseg.train.splits import split_cases
+
+MODEL_FILES = ["config.yaml", "plan.json", "fingerprint.json", "labels.json", "splits.json", "weights.pt",
+               "versions.json", "validation.json", "log.jsonl"]
+
+
+def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
+          echo: Callable[[str], None] = print) -> dict:
+    """Train one fold and write the model folder ``out_dir``. Returns the final summary."""
+    from medseg.data import load_dataset
+    from medseg.infer.sliding import autocast_dtype, resolve_device
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    last = out / "checkpoint_last.pt"
+    if last.exists() and not resume:
+        raise MedsegError("run folder already has a checkpoint; add --resume to continue it or pick a new folder", out)
+    if resume and (out / "config.yaml").exists():
+        import yaml
+
+        config = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), str(out / "config.yaml"))
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(dataset_path)
+    refuse_bad_dataset(dataset, echo)
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(int(tc.threads))
+    torch.manual_seed(tc.seed)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    dev = resolve_device(device)
+    dtype = autocast_dtype(tc.precision, dev)
+    plan, _ = load_or_plan(dataset, config, out, echo)
+    save_config(config, out / "config.yaml")
+    splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json")
+    if not 0 <= fold < len(splits):
+        raise MedsegError(f"--fold {fold} out of range (0..{len(splits) - 1})")
+    train_ids, val_ids = splits[fold]["train"], splits[fold]["val"]
+    cache = out / "cache"
+    train_data = prepare_cases(dataset, train_ids, plan, cache, echo)
+    val_data = prepare_cases(dataset, val_ids, plan, cache, echo)
+    prep_seconds = time.perf_counter() - start
+    echo(f"preprocessed {len(train_ids)} training and {len(val_ids)} validation cases in {prep_seconds:.0f} s")
+    net, state = _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume)
+    final = _final_validation(net, dataset, val_ids, plan, out, dev, dtype, tc.final_tta, echo)
+    return _finish(out, plan, state, start, echo, final)
+
+
+def _final_validation(net, dataset, val_ids, plan, out, dev, dtype, mirror, echo) -> dict:
+    """Best weights, held-out fold, original grids (and mirroring when asked): written to validation.json."""
+    from medseg.train.evaluate import evaluate_fold
+
+    net.load_state_dict(load_checkpoint(out / "weights.pt"))
+    t0 = time.perf_counter()
+    result = evaluate_fold(net, dataset, val_ids, plan, dev, dtype, mirror=mirror)
+    write_text_atomic(out / "validation.json", json.dumps(result, indent=1))
+    per_class = "  ".join(f"{k} {v:.4f}" for k, v in result["per_class"].items())
+    echo(f"final validation ({len(val_ids)} cases, original grids{', mirroring' if mirror else ''}): {per_class}  "
+         f"mean {result['mean']:.4f}  ({time.perf_counter() - t0:.0f} s)")
+    return result
+
+
+def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume) -> dict:
+    from monai.losses import DiceCELoss
+
+    from medseg.model import build_network
+    from medseg.train.loop import BatchStream, train_steps, validate
+    from medseg.train.sampling import PatchSampler
+
+    tc = config.train
+    net = build_network(plan, config.model.__dict__).to(dev)
+    optimizer = _optimizer(net, tc)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=tc.dice_weight,
+                         lambda_ce=tc.ce_weight)
+    classes = sorted(k for k in plan["labels"] if int(k) != 0)
+    sampler = PatchSampler(train_data[0], train_data[1], plan["patch_size"], classes, tc.foreground_fraction,
+                           tc.seed)
+    state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1}
+    last = out / "checkpoint_last.pt"
+    if resume and last.exists():
+        ckpt = load_checkpoint(last)
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        restore_rng(ckpt["rng"], sampler.rng)
+        start -= state.get("elapsed", 0.0)  # a time budget counts the interrupted run's time too
+        _truncate_log(out / "log.jsonl", state["epoch"])
+        echo(f"resumed at epoch {state['epoch']} (best mean Dice {state['best']:.4f})")
+    budget = parse_duration(tc.time_budget)
+    total_steps = tc.epochs * tc.iterations_per_epoch
+    stream = BatchStream(sampler, config.augment, plan["batch_size"], tc.seed + state["epoch"])
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
+                                         persistent_workers=tc.num_workers > 0)
+    batches = iter(loader)
+    timing = {"val": 0.0}  # last validation's duration, kept in reserve at the end of a time budget
+
+    def progress() -> float:
+        return _progress(state, total_steps, budget, start, timing["val"])
+
+    def set_lr() -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(tc, progress())
+
+    while progress() < 1.0:
+        t0 = time.perf_counter()
+        stats = train_steps(net, batches, optimizer, loss_fn, dev, dtype, tc.iterations_per_epoch, set_lr, scaler)
+        state["step"] += tc.iterations_per_epoch
+        state["train_seconds"] += stats["seconds"]
+        v0 = time.perf_counter()
+        dice = validate(net, val_data[0], val_data[1], plan, dev, dtype, mirror=tc.val_tta)
+        timing["val"] = time.perf_counter() - v0
+        state["epoch"] += 1
+        state["elapsed"] = time.perf_counter() - start
+        mean = float(np.mean(list(dice.values()))) if dice else 0.0
+        if mean > state["best"]:
+            state.update(best=mean, best_epoch=state["epoch"])
+            save_checkpoint(out / "weights.pt", net.state_dict())
+        save_checkpoint(last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                               "rng": rng_state(sampler.rng)})
+        record = {"epoch": state["epoch"], "step": state["step"], "loss": stats["loss"],
+                  "val_dice": {plan["labels"][k]: d for k, d in dice.items()}, "val_mean_dice": mean,
+                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
+                  "data_wait_fraction": stats["data_wait_fraction"], "elapsed": time.perf_counter() - start}
+        _append_log(out / "log.jsonl", record)
+        echo(_progress_line(record, plan, progress(), start))
+    return net, state
+
+
+def _optimizer(net, tc):
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=tc.lr, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    raise MedsegError(f"unknown optimizer '{tc.optimizer}' (adamw, sgd)")
+
+
+def _progress(state, total_steps, budget, start, val_seconds) -> float:
+    """Fraction of the run done: by steps, or by wall-clock when a time budget is set (keeping room for
+    one more validation and the final write)."""
+    if budget is None:
+        return state["step"] / max(total_steps, 1)
+    usable = budget - 12.0 * val_seconds - 10.0  # room for the final validation (with mirroring: 8x)
+    return (time.perf_counter() - start) / max(usable, 1.0)
+
+
+def _lr(tc, progress: float) -> float:
+    progress = min(max(progress, 0.0), 1.0)
+    if tc.lr_schedule == "poly":
+        return tc.lr * (1 - progress) ** 0.9
+    if tc.lr_schedule == "cosine":
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return tc.lr
+
+
+def _progress_line(record, plan, progress, start) -> str:
+    per_class = "  ".join(f"{name} {d:.3f}" for name, d in record["val_dice"].items())
+    elapsed = time.perf_counter() - start
+    eta = elapsed / max(progress, 1e-6) - elapsed
+    return (f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  val Dice {per_class}  "
+            f"(mean {record['val_mean_dice']:.3f})  {record['epoch_seconds']:.0f} s  "
+            f"data wait {100 * record['data_wait_fraction']:.0f}%  ETA {_clock(max(eta, 0))}")
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def _append_log(path: Path, record: dict) -> None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    write_text_atomic(path, "\n".join(lines + [json.dumps(record)]) + "\n")
+
+
+def _truncate_log(path: Path, epoch: int) -> None:
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epoch]
+        write_text_atomic(path, "\n".join(kept) + ("\n" if kept else ""))
+
+
+def _finish(out: Path, plan, state, start, echo, final: dict) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("medseg", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    write_text_atomic(out / "versions.json", json.dumps(versions, indent=2))
+    write_text_atomic(out / "labels.json", json.dumps({str(k): v for k, v in plan["labels"].items()}, indent=2))
+    write_sha256sums(out, [n for n in MODEL_FILES if (out / n).exists()])
+    total = time.perf_counter() - start
+    summary = {"best_mean_dice": state["best"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
+               "seconds": total, "model_dir": str(out), "validation": final}
+    echo(f"done: {state['epoch']} epochs in {_clock(total)}; best validation mean Dice {state['best']:.4f} "
+         f"at epoch {state['best_epoch']}; model in {out}")
+    return summary

@@ -1,0 +1,75 @@
+"""Patch sampling with foreground oversampling spread over classes (rare small classes are seen often)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_LOCATIONS_PER_CLASS = 5000
+
+
+def class_locations(label: np.ndarray, classes, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Up to 5,000 random voxel coordinates ``(n, 3)`` of each foreground class present in ``label``."""
+    out = {}
+    for k in classes:
+        coords = np.argwhere(label == k)
+        if len(coords):
+            if len(coords) > _LOCATIONS_PER_CLASS:
+                coords = coords[rng.choice(len(coords), _LOCATIONS_PER_CLASS, replace=False)]
+            out[int(k)] = coords.astype(np.int32)
+    return out
+
+
+class PatchSampler:
+    """Draw training patches from preprocessed cases held in memory.
+
+    In each batch the first ``ceil(foreground_fraction * batch)`` patches are centred on a foreground
+    voxel: a class is chosen uniformly among the foreground classes (not by voxel count), then a case
+    containing it, then one of its voxels. The rest are centred anywhere.
+
+    Args:
+        images: Per case ``(C, x, y, z)`` float32 arrays.
+        labels: Per case ``(x, y, z)`` integer arrays.
+        patch_size: ``(px, py, pz)`` voxels; smaller images are zero-padded.
+    """
+
+    def __init__(self, images, labels, patch_size, classes, foreground_fraction: float = 0.33, seed: int = 0):
+        self.images, self.labels = images, labels
+        self.patch = np.asarray(patch_size, int)
+        self.fg_fraction = float(foreground_fraction)
+        self.rng = np.random.default_rng(seed)
+        self.locations = [class_locations(lab, classes, self.rng) for lab in labels]
+        self.classes = sorted({k for loc in self.locations for k in loc})
+        self.cases_with = {k: [i for i, loc in enumerate(self.locations) if k in loc] for k in self.classes}
+
+    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
+        """``(B, C, *patch)`` images, ``(B, 1, *patch)`` labels and the class each patch was centred on."""
+        forced = int(np.ceil(self.fg_fraction * batch_size)) if self.classes else 0
+        imgs, labs, chosen = [], [], []
+        for b in range(batch_size):
+            if b < forced:
+                k = int(self.rng.choice(self.classes))
+                case = int(self.rng.choice(self.cases_with[k]))
+                locs = self.locations[case][k]
+                centre = locs[self.rng.integers(len(locs))]
+            else:
+                k, case = None, int(self.rng.integers(len(self.images)))
+                centre = np.array([self.rng.integers(n) for n in self.labels[case].shape])
+            img, lab = self.extract(case, centre)
+            imgs.append(img)
+            labs.append(lab[None])
+            chosen.append(k)
+        return np.stack(imgs), np.stack(labs), chosen
+
+    def extract(self, case: int, centre) -> tuple[np.ndarray, np.ndarray]:
+        """Patch of ``patch_size`` centred (as far as the image allows) on ``centre``, zero-padded."""
+        image, label = self.images[case], self.labels[case]
+        shape = np.asarray(label.shape)
+        start = np.asarray(centre) - self.patch // 2
+        start = np.minimum(np.maximum(start, np.minimum(0, shape - self.patch)), np.maximum(shape - self.patch, 0))
+        out_img = np.zeros((image.shape[0], *self.patch), np.float32)
+        out_lab = np.zeros(tuple(self.patch), label.dtype)
+        src = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, self.patch, shape, strict=True))
+        dst = tuple(slice(max(-s, 0), max(-s, 0) + (sl.stop - sl.start)) for s, sl in zip(start, src, strict=True))
+        out_img[(slice(None),) + dst] = image[(slice(None),) + src]
+        out_lab[dst] = label[src]
+        return out_img, out_lab

@@ -1,0 +1,137 @@
+"""`medseg infer` end to end: exact output geometry on oblique DICOM, DICOM SEG round trip, skip/overwrite,
+failure isolation and SIGKILL safety."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.config import load_config
+from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.infer.batch import InferOptions, run_batch
+from medseg.infer.predictor import Predictor
+from medseg.io import read_dicom_folder, read_volume, write_volume
+from medseg.io.dicom_write import write_dicom_series
+from medseg.io.seg import read_dicom_seg_labels
+from medseg.train import train
+
+runner = CliRunner()
+TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=15", "train.lr=0.01",
+        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.epochs=4",
+        "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 20}}"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    data = write_phantom_dataset(root / "data", cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
+    train(data, root / "run", load_config(None, TINY), echo=lambda _: None)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A PACS-like study folder: two oblique phantom series, one with a missing slice, a stray file."""
+    root = tmp_path_factory.mktemp("study")
+    for i, rot in enumerate([(10, 0, 25), (0, 15, -30), (0, 0, 0)]):
+        image, _ = make_phantom(shape=(44, 40, 12), spacing=(1.4, 1.6, 4.2), rotation_deg=rot, seed=20 + i)
+        files = write_dicom_series(image, root / f"series{i}", description=f"T1 {i}", series_number=i + 1)
+        if i == 2:
+            files[6].unlink()
+    (root / "export.log").write_text("exported by a PACS script")
+    return root
+
+
+def test_dicom_study_outputs_match_input_grid_and_seg_round_trips(model_dir, study, tmp_path):
+    out = tmp_path / "out"
+    summary = run_batch(model_dir, study, out, echo=lambda _: None)
+    assert summary["done"] == 2 and summary["failed"] == 0
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert len(records) == 2
+    for record in records:
+        label = read_volume(record["outputs"]["label"], label=True)
+        folder = study / f"series{int(record['id'][1]) - 1}"
+        source = read_dicom_folder(folder)
+        assert label.spatial_shape == source.spatial_shape
+        assert np.abs(label.affine - source.affine).max() < 1e-4  # float32 sform precision
+        assert label.array.dtype == np.uint8 and (label.array == 1).sum() > 100
+        seg = pydicom.dcmread(record["outputs"]["dicom_seg"])
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["organ", "lesion"]
+        assert seg.Modality == "SEG" and seg.PatientName == "Phantom^Anonymous"
+        back = read_dicom_seg_labels(record["outputs"]["dicom_seg"], source.meta["source_files"])
+        assert np.array_equal(back, label.array)
+        # Post-processing ran: a single organ component.
+        assert record["postprocess"]["1"]["components_after"] <= 1
+
+
+def test_oblique_real_dicom_keeps_exact_geometry(model_dir, data_path, tmp_path):
+    series = data_path("dicom/brain_mr_study/11-T1post-18670")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["infer", str(model_dir), str(series), str(out)])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert "T1post" not in record["id"] and record["id"].startswith("s11_")
+    label = read_volume(record["outputs"]["label"], label=True)
+    source = read_dicom_folder(series)
+    assert label.spatial_shape == source.spatial_shape == (280, 320, 22)
+    assert np.abs(label.affine - source.affine).max() < 1e-4
+
+
+def test_skip_overwrite_and_failure_isolation(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    for i in range(3):
+        image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=40 + i)
+        write_volume(image, folder / f"case{i}.nii.gz")
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["infer", str(model_dir), str(folder), str(out)])
+    assert result.exit_code == 1
+    assert "error: broken:" in result.output and "3 segmented, 0 skipped, 1 failed" in result.output
+    stamp = (out / "case0.nii.gz").stat().st_mtime_ns
+    again = run_batch(model_dir, folder, out, echo=lambda _: None)
+    assert again["skipped"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns == stamp
+    redo = run_batch(model_dir, folder, out, InferOptions(overwrite=True), echo=lambda _: None)
+    assert redo["done"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns != stamp
+    assert "failed" in (out / "summary.csv").read_text()
+
+
+def test_sigkill_during_batch_leaves_no_partial_output(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    for i in range(12):
+        image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=60 + i)
+        write_volume(image, folder / f"case{i:02d}.nii.gz")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "medseg.cli", "infer", str(model_dir), str(folder), str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:
+        if ": ok in" in line:
+            break
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    for path in out.glob("*.nii.gz"):
+        read_volume(path, label=True)  # every file present is complete
+    finished = len(list(out.glob("case*.json")))
+    assert 1 <= finished < 12
+    summary = run_batch(model_dir, folder, out, echo=lambda _: None)
+    assert summary["skipped"] == finished and summary["done"] == 12 - finished
+
+
+def test_model_folder_integrity_is_checked(model_dir, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    with open(copy / "plan.json", "a") as fh:
+        fh.write(" ")
+    with pytest.raises(Exception, match="SHA256SUMS"):
+        Predictor.from_dir(copy)

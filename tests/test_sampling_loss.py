@@ -1,0 +1,56 @@
+"""Foreground oversampling spread over classes, and the Dice+CE deep-supervision loss."""
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from medseg.train.loop import deep_supervision_loss
+from medseg.train.sampling import PatchSampler
+
+
+def _cases(n=10):
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(n):
+        lab = np.zeros((40, 40, 20), np.int16)
+        lab[5:30, 5:30, 3:15] = 1  # a big organ in every case
+        if i == 0:
+            lab[32:34, 32:34, 16:18] = 2  # a tiny lesion in one case only: 8 voxels in 320,000
+        labels.append(lab)
+        images.append(rng.normal(size=(1, 40, 40, 20)).astype(np.float32))
+    return images, labels
+
+
+def test_rare_class_is_seen_often_and_a_third_is_foreground():
+    images, labels = _cases()
+    sampler = PatchSampler(images, labels, (16, 16, 8), classes=[1, 2], foreground_fraction=0.33, seed=1)
+    with_lesion = centred = total = 0
+    for _ in range(200):
+        _, labs, chosen = sampler.batch(3)
+        total += len(chosen)
+        centred += sum(k is not None for k in chosen)
+        with_lesion += int(sum((lab == 2).any() for lab in labs))
+    assert centred / total >= 1 / 3
+    # The lesion is centred in ~half of the forced patches (1 of 2 classes): ~1/6 of all patches.
+    assert with_lesion / total > 0.12
+
+
+def test_patches_are_padded_when_image_is_smaller():
+    images, labels = _cases(1)
+    sampler = PatchSampler(images, labels, (48, 48, 24), classes=[1, 2], seed=0)
+    imgs, labs, _ = sampler.batch(2)
+    assert imgs.shape == (2, 1, 48, 48, 24) and labs.shape == (2, 1, 48, 48, 24)
+    assert labs.sum() > 0
+
+
+def test_deep_supervision_loss_prefers_correct_prediction():
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    target = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    target[:, :, 2:6, 2:6, 2:6] = 1
+    good = torch.stack([(target[:, 0] == k).float() * 20 - 10 for k in (0, 1)], 1)  # (B, K, ...)
+    bad = -good
+    stacked_good = torch.stack([good, good, good], 1)  # (B, 1 + levels, K, ...)
+    stacked_bad = torch.stack([bad, bad, bad], 1)
+    assert deep_supervision_loss(loss_fn, stacked_good, target) < 0.05
+    assert deep_supervision_loss(loss_fn, stacked_bad, target) > 1.0
+    assert torch.isclose(deep_supervision_loss(loss_fn, stacked_good, target), loss_fn(good, target))

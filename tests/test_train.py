@@ -1,0 +1,89 @@
+"""End-to-end training on phantoms: learns, writes a complete model folder, survives SIGKILL, refuses bad data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from medseg.config import load_config
+from medseg.data.phantom import write_phantom_dataset
+from medseg.errors import MedsegError
+from medseg.io import read_volume, write_volume
+from medseg.train import train
+from medseg.train.checkpoint import load_checkpoint, verify_sha256sums
+
+TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10", "train.lr=0.01",
+        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("ph"), cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
+
+
+def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
+    config = load_config(None, TINY + ["train.epochs=6"])
+    lines = []
+    summary = train(phantoms, tmp_path / "run", config, fold=0, echo=lines.append)
+    out = tmp_path / "run"
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, 7))
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["val_dice"]["organ"] > 0.6, log[-1]
+    assert summary["best_mean_dice"] == max(r["val_mean_dice"] for r in log)
+    for name in ("config.yaml", "plan.json", "fingerprint.json", "labels.json", "splits.json", "weights.pt",
+                 "versions.json", "SHA256SUMS", "checkpoint_last.pt"):
+        assert (out / name).exists(), name
+    assert verify_sha256sums(out) == []
+    state = torch.load(out / "weights.pt", weights_only=True)
+    assert any(k.endswith("weight") for k in state)
+    assert any("epoch   6" in line and "val Dice organ" in line and "ETA" in line for line in lines)
+    with pytest.raises(MedsegError, match="--resume"):
+        train(phantoms, out, config)
+
+
+def test_bad_dataset_is_refused_listing_every_problem(phantoms, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(phantoms, bad)
+    (bad / "labelsTr/phantom_001.nii.gz").unlink()
+    label = read_volume(bad / "labelsTr/phantom_002.nii.gz", label=True)
+    write_volume(label.with_array(label.array * 4), bad / "labelsTr/phantom_002.nii.gz", overwrite=True)
+    lines = []
+    with pytest.raises(MedsegError, match="2 error"):
+        train(bad, tmp_path / "run", load_config(None, TINY), echo=lines.append)
+    assert len(lines) == 2 and not (tmp_path / "run" / "weights.pt").exists()
+
+
+def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "medseg.cli", "train", str(phantoms), "--out", str(out), "--epochs", "12"]
+    for item in TINY:
+        args += ["--set", item]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    seen = 0
+    for line in proc.stdout:
+        seen += line.startswith("epoch")
+        if seen >= 2 or time.time() > deadline:
+            break
+    time.sleep(0.7)  # somewhere inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seen >= 2
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    epoch_at_kill = load_checkpoint(out / "checkpoint_last.pt")["state"]["epoch"]
+    assert epoch_at_kill >= 2
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed at epoch {epoch_at_kill}" in resumed.stdout
+    epochs = [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 13))
+    assert verify_sha256sums(out) == []
