@@ -166,6 +166,37 @@ def infer(
 
 @app.command()
 @one_line_errors
+def evaluate(
+    pred: Path = typer.Argument(..., help="Folder of predicted label maps (<id>.nii.gz, e.g. from medseg infer)."),
+    gt: Path = typer.Argument(..., help="Folder of ground-truth label maps, or a dataset/manifest."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write metrics (default: PRED/evaluation)."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="Surface Dice tolerance in mm."),
+):
+    """Dice, IoU, HD95, ASSD, surface Dice, volume difference and lesion-wise detection per case and label:
+    metrics.csv, summary.json and summary.md. Grid mismatches are errors (exit code 1), never scores."""
+    from medseg.metrics.evaluate import evaluate_folder, markdown_table
+
+    result = evaluate_folder(pred, gt, out or pred / "evaluation", tolerance_mm=tolerance, echo=typer.echo)
+    typer.echo(markdown_table(result["summary"]))
+    if result["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def qa(
+    results: Path = typer.Argument(..., help="Output folder of medseg infer."),
+    gt: Path | None = typer.Option(None, "--gt", help="Ground truth (folder of label maps or a dataset)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file (default: RESULTS/qa_report.html)."),
+):
+    """Write a self-contained HTML review report: overlays, volumes, metrics and flags, worst cases first."""
+    from medseg.qa.report import build_report
+
+    build_report(results, gt=gt, out=out, echo=typer.echo)
+
+
+@app.command()
+@one_line_errors
 def demo(
     out_dir: Path = typer.Argument(Path("medseg-demo"), help="Folder for the example's files."),
 ):

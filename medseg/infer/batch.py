@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +12,7 @@ import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.infer.inputs import InputCase, SeriesFilter, discover
-from medseg.io.atomic import write_text_atomic
+from medseg.io.atomic import write_csv_atomic, write_text_atomic
 
 
 @dataclass
@@ -73,7 +71,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
             rows.append({"id": case.id, "status": "failed", "error": f"{type(exc).__name__}: {text}"})
             echo(f"error: {case.id}: unexpected {type(exc).__name__}: {text}")
     summary_path = out / "summary.csv"
-    _write_csv(summary_path, rows)
+    write_csv_atomic(summary_path, rows)
     counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("ok", "skipped", "failed")}
     total = time.perf_counter() - start
     echo(f"{counts['ok']} segmented, {counts['skipped']} skipped, {counts['failed']} failed in {total:.1f} s; "
@@ -113,7 +111,10 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
                for value, name in predictor.labels.items() if value != 0}
     record = {
         "id": case.id, "model_id": predictor.model_id, "outputs": outputs, "label_volumes_mm3": volumes,
-        "input": {"shape": list(volume.spatial_shape), "spacing_mm": list(volume.spacing),
+        "labels": {str(k): v for k, v in predictor.labels.items()}, "model_dir": str(predictor.model_dir),
+        "input": {"path": _source_path(case),
+                  "images": [str(p) for p in case.images],
+                  "shape": list(volume.spatial_shape), "spacing_mm": list(volume.spacing),
                   "affine": volume.affine.tolist(), "modality": volume.meta.get("modality"),
                   "description": case.description},
         "timings_s": {"read": read_seconds, **prediction.timings, "write": time.perf_counter() - t1},
@@ -123,12 +124,10 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     return record
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+def _source_path(case: InputCase) -> str:
+    """Where the case's image lives: the file, or the deepest folder holding all of a series' slices."""
+    import os
+
+    if case.series is not None:
+        return os.path.commonpath([str(p.parent) for p in case.series.files])
+    return str(case.images[0])

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.io.volume_io import image_suffix
+from medseg.io.volume_io import image_stem, image_suffix
 
 
 @dataclass
@@ -58,7 +58,7 @@ def discover(path: str | Path, series_filter: SeriesFilter | None = None) -> tup
     path = Path(path)
     series_filter = series_filter or SeriesFilter()
     if path.is_file() and image_suffix(path):
-        return [InputCase(id=_stem(path), images=[path], description=path.name)], []
+        return [InputCase(id=image_stem(path), images=[path], description=path.name)], []
     if path.is_file() or (path / "dataset.json").exists() or any((path / n).exists() for n in ("medseg.yaml",
                                                                                              "manifest.yaml")):
         return _from_dataset(path), []
@@ -66,7 +66,7 @@ def discover(path: str | Path, series_filter: SeriesFilter | None = None) -> tup
         from medseg.errors import MedsegError
 
         raise MedsegError("input not found (expected an image, a folder or a manifest)", path)
-    cases = [InputCase(id=_stem(p), images=[p], description=p.name)
+    cases = [InputCase(id=image_stem(p), images=[p], description=p.name)
              for p in sorted(path.iterdir()) if p.is_file() and image_suffix(p)]
     skipped: list[str] = []
     dicom_cases, dicom_skipped = _from_dicom(path, series_filter)
@@ -98,9 +98,3 @@ def _from_dicom(path: Path, series_filter: SeriesFilter) -> tuple[list[InputCase
         reasons[reason] = reasons.get(reason, 0) + 1
     skipped += [f"skipped {n} DICOM file(s): {r}" for r, n in reasons.items()]
     return cases, skipped
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    suffix = image_suffix(path)
-    return name[: -len(suffix)] if suffix else name

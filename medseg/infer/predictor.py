@@ -49,6 +49,7 @@ class Predictor:
         self.nets, self.plan, self.config = nets, plan, config
         self.device, self.dtype, self.model_id = device, dtype, model_id
         self.labels = {int(k): v for k, v in plan["labels"].items()}
+        self.model_dir: Path | None = None
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
@@ -84,7 +85,9 @@ class Predictor:
             nets.append(net.to(dev).eval())
         model_id = (folders[0] / "SHA256SUMS").read_text().split()[0][:12]
         dtype = autocast_dtype(precision if precision != "auto" else config.train.precision, dev)
-        return cls(nets, plan, config, dev, dtype, model_id)
+        predictor = cls(nets, plan, config, dev, dtype, model_id)
+        predictor.model_dir = root
+        return predictor
 
     def predict(self, volume: Volume, keep_probabilities: bool = False, mirror: bool | None = None,
                 overlap: float | None = None) -> Prediction:

@@ -45,6 +45,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# Above this many voxels (with context), the volume is predicted in slabs along its longest axis, so MONAI's
+# float32 aggregation buffers stay bounded (~K x 32 M x 4 bytes) whatever the scan size.
+MAX_SLAB_VOXELS = 2**25
+
+
 @torch.no_grad()
 def predict_probabilities(
     net: torch.nn.Module,
@@ -55,24 +60,73 @@ def predict_probabilities(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     mirror: bool = False,
+    max_slab_voxels: int = MAX_SLAB_VOXELS,
 ) -> np.ndarray:
-    """Softmax probabilities ``(K, x, y, z)`` float32 for a preprocessed ``(C, x, y, z)`` image.
+    """Softmax probabilities ``(K, x, y, z)`` float16 for a preprocessed ``(C, x, y, z)`` image.
+
+    MONAI's ``sliding_window_inference`` with Gaussian blending does the work. Large volumes are cut into
+    slabs along their longest axis whose bounds sit on MONAI's own window grid and include every window
+    that touches the kept voxels, so the result equals one whole-volume pass while MONAI's float32
+    buffers stay slab-sized. Results are stored as float16 (``K x voxels x 2`` bytes in all).
 
     Args:
-        mirror: Average over the 8 axis flips (test-time augmentation; 8x slower).
+        mirror: Test-time augmentation: each window's logits are averaged over the 8 axis flips.
+        max_slab_voxels: Slab size limit (voxels, context included).
     """
+    shape = image.shape[1:]
+    axis = int(np.argmax(shape))
+    n, p = int(shape[axis]), int(patch_size[axis])
+    plane = int(np.prod(shape)) // n
+    step = max(int(p * (1 - overlap)), 1)  # MONAI's scan interval along the axis
+    length = max(step, (max_slab_voxels // max(plane, 1) - 2 * p) // step * step)
+    model = _Mirrored(net) if mirror else net
+    out = None
+    for s0 in range(0, n, length):
+        s1 = min(s0 + length, n)
+        h0, h1 = _slab_bounds(s0, s1, n, p, step)
+        block = image[(slice(None),) * (axis + 1) + (slice(h0, h1),)]
+        probs = _predict_block(model, block, patch_size, device, dtype, overlap, sw_batch_size)
+        if out is None:
+            out = np.empty((probs.shape[0], *shape), dtype=np.float16)
+        out[(slice(None),) * (axis + 1) + (slice(s0, s1),)] = probs[(slice(None),) * (axis + 1)
+                                                                    + (slice(s0 - h0, s1 - h0),)]
+    return out
+
+
+def _slab_bounds(s0: int, s1: int, n: int, p: int, step: int) -> tuple[int, int]:
+    """Slab ``[h0, h1)`` whose windows (MONAI's grid: multiples of ``step``, last clamped to ``n - p``)
+    are exactly the whole-volume windows touching ``[s0, s1)``."""
+    if n <= p:
+        return 0, n
+    h0 = step * (max(s0 - p + 1, 0) // step)
+    last = step * ((s1 - 1) // step)
+    h1 = last + p
+    if h1 >= n or s1 > n - p:
+        h1 = n
+    return h0, h1
+
+
+class _Mirrored(torch.nn.Module):
+    """Average of the network's logits over the 8 flips of each window (nnU-Net's mirroring)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+        total = self.net(x).float()
+        for axes in flips[1:]:
+            total += torch.flip(self.net(torch.flip(x, axes)).float(), axes)
+        return total / len(flips)
+
+
+def _predict_block(model, image, patch_size, device, dtype, overlap, sw_batch_size) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
-    net.eval()
+    model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    flips = [()] + ([(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)] if mirror else [])
-    total = None
-    for axes in flips:
-        inp = torch.flip(x, axes) if axes else x
-        with autocast(device, dtype):
-            logits = sliding_window_inference(inp, list(patch_size), sw_batch_size, net, overlap=overlap,
-                                              mode="gaussian")
-        probs = torch.softmax(logits.float(), dim=1)
-        probs = torch.flip(probs, axes) if axes else probs
-        total = probs if total is None else total + probs
-    return (total / len(flips))[0].cpu().numpy()
+    with autocast(device, dtype):
+        logits = sliding_window_inference(x, list(patch_size), sw_batch_size, model, overlap=overlap,
+                                          mode="gaussian")
+    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()

@@ -58,3 +58,18 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_csv_atomic(path: str | Path, rows: list[dict], overwrite: bool = True) -> None:
+    """Write dict rows as CSV (columns: union of keys, in first-seen order) atomically."""
+    import csv
+    import io
+
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue(), overwrite=overwrite)

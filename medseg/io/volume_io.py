@@ -41,6 +41,12 @@ def image_suffix(path: str | Path) -> str:
     return ""
 
 
+def image_stem(path: str | Path) -> str:
+    """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``."""
+    name, suffix = Path(path).name, image_suffix(path)
+    return name[: -len(suffix)] if suffix else name
+
+
 def read_volume(path: str | Path, label: bool = False) -> Volume:
     """Read a NIfTI/NRRD/MHA file, or the single DICOM series in a folder.
 

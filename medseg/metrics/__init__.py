@@ -1,5 +1,9 @@
-"""Segmentation metrics."""
+"""Segmentation metrics in mm: overlap, surface distances, lesion-wise detection, and case evaluation."""
 
-from medseg.metrics.overlap import dice_per_class
+from medseg.metrics.evaluate import evaluate_case, evaluate_folder
+from medseg.metrics.lesions import lesion_detection
+from medseg.metrics.overlap import dice, dice_per_class, iou, volume_mm3
+from medseg.metrics.surface import surface_metrics
 
-__all__ = ["dice_per_class"]
+__all__ = ["dice", "dice_per_class", "iou", "volume_mm3", "surface_metrics", "lesion_detection", "evaluate_case",
+           "evaluate_folder"]

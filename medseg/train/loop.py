@@ -43,7 +43,7 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -
     return sum(w * loss_fn(output[:, i], target) for i, w in enumerate(weights))
 
 
-def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, set_lr, scaler=None) -> dict:
+def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, scaler=None) -> dict:
     """Run ``steps`` optimisation steps; returns mean loss and the fraction of time spent waiting for data."""
     net.train()
     losses, wait, start = [], 0.0, time.perf_counter()
@@ -51,7 +51,6 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, set
         t0 = time.perf_counter()
         images, labels = next(batches)
         wait += time.perf_counter() - t0
-        set_lr()
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, dtype):
@@ -72,8 +71,8 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, set
     return {"loss": float(np.mean(losses)), "data_wait_fraction": wait / max(total, 1e-9), "seconds": total}
 
 
-def validate(net, images, labels, plan, device, dtype, mirror: bool = False) -> dict[int, float]:
-    """Mean Dice per foreground class over validation cases (in preprocessed space)."""
+def validate(net, images, labels, plan, device, dtype, mirror: bool = False) -> dict[int, list[float]]:
+    """Dice per foreground class for each validation case (in preprocessed space): ``{class: [dice...]}``."""
     classes = sorted(k for k in plan["labels"] if int(k) != 0)
     values = sorted(int(k) for k in plan["labels"])
     scores: dict[int, list[float]] = {int(k): [] for k in classes}
@@ -82,4 +81,4 @@ def validate(net, images, labels, plan, device, dtype, mirror: bool = False) -> 
         pred = np.asarray(values)[probs.argmax(0)]
         for k, d in dice_per_class(pred, label, classes).items():
             scores[k].append(d)
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    return scores

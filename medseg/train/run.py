@@ -2,8 +2,12 @@
 
 The model folder (what ``medseg infer`` loads) holds: ``config.yaml`` (resolved), ``plan.json``,
 ``fingerprint.json``, ``labels.json``, ``splits.json``, ``weights.pt`` (best validation),
-``checkpoint_last.pt`` (everything needed to resume), ``log.jsonl``, ``versions.json`` and
-``SHA256SUMS``. Every file is written atomically, so SIGKILL at any moment leaves it consistent.
+``checkpoint_last.pt`` (everything needed to resume), ``log.jsonl``, ``validation.json``,
+``versions.json`` and ``SHA256SUMS``. Every file is written atomically, so SIGKILL at any moment leaves
+it consistent.
+
+Under ``torchrun`` every rank trains on its own patches (DistributedDataParallel averages gradients);
+rank 0 alone plans, preprocesses, writes and logs; validation cases are shared out between ranks.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_sha256sums
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
+from medseg.train.distributed import Context
 from medseg.train.splits import split_cases
 
 MODEL_FILES = ["config.yaml", "plan.json", "fingerprint.json", "labels.json", "splits.json", "weights.pt",
@@ -30,12 +35,25 @@ MODEL_FILES = ["config.yaml", "plan.json", "fingerprint.json", "labels.json", "s
 
 def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
           echo: Callable[[str], None] = print) -> dict:
-    """Train one fold and write the model folder ``out_dir``. Returns the final summary."""
+    """Train one fold and write the model folder ``out_dir``. Returns the final summary.
+
+    When launched by ``torchrun`` (``WORLD_SIZE`` > 1) the run is distributed; see :mod:`medseg.train.distributed`.
+    """
+    from medseg.train.distributed import setup, shutdown
+
+    ctx, dev = setup(device)
+    try:
+        return _train(dataset_path, Path(out_dir), config, fold, resume, dev, ctx,
+                      echo if ctx.main else (lambda _: None))
+    finally:
+        shutdown(ctx)
+
+
+def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, dev, ctx: Context, echo) -> dict:
     from medseg.data import load_dataset
-    from medseg.infer.sliding import autocast_dtype, resolve_device
+    from medseg.infer.sliding import autocast_dtype
 
     start = time.perf_counter()
-    out = Path(out_dir)
     last = out / "checkpoint_last.pt"
     if last.exists() and not resume:
         raise MedsegError("run folder already has a checkpoint; add --resume to continue it or pick a new folder", out)
@@ -43,31 +61,42 @@ def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool 
         import yaml
 
         config = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), str(out / "config.yaml"))
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(dataset_path)
-    refuse_bad_dataset(dataset, echo)
     tc = config.train
     if tc.threads:
         torch.set_num_threads(int(tc.threads))
     torch.manual_seed(tc.seed)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    dev = resolve_device(device)
     dtype = autocast_dtype(tc.precision, dev)
+    dataset = load_dataset(dataset_path)
+    if ctx.main:  # rank 0 checks, plans, splits and fills the cache; the others then read what it wrote
+        out.mkdir(parents=True, exist_ok=True)
+        refuse_bad_dataset(dataset, echo)
+        _prepare(dataset, config, out, fold, echo)
+    ctx.barrier()
+    plan, _ = load_or_plan(dataset, config, out, echo)
+    splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json")
+    train_ids, val_ids = splits[fold]["train"], splits[fold]["val"]
+    train_data = prepare_cases(dataset, train_ids, plan, out / "cache", echo)
+    val_data = prepare_cases(dataset, val_ids, plan, out / "cache", echo)
+    echo(f"preprocessed {len(train_ids)} training and {len(val_ids)} validation cases in "
+         f"{time.perf_counter() - start:.0f} s" + (f"; {ctx.world} ranks" if ctx.world > 1 else ""))
+    net, state = _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume, ctx)
+    final = None
+    if ctx.main:
+        final = _final_validation(net, dataset, val_ids, plan, out, dev, dtype, tc.final_tta, echo)
+    ctx.barrier()
+    return _finish(out, plan, state, start, echo, final) if ctx.main else {"rank": ctx.rank, **state}
+
+
+def _prepare(dataset, config, out: Path, fold: int, echo) -> None:
     plan, _ = load_or_plan(dataset, config, out, echo)
     save_config(config, out / "config.yaml")
-    splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json")
+    splits = split_cases(dataset, config.train.folds, config.train.seed, out / "splits.json")
     if not 0 <= fold < len(splits):
         raise MedsegError(f"--fold {fold} out of range (0..{len(splits) - 1})")
-    train_ids, val_ids = splits[fold]["train"], splits[fold]["val"]
-    cache = out / "cache"
-    train_data = prepare_cases(dataset, train_ids, plan, cache, echo)
-    val_data = prepare_cases(dataset, val_ids, plan, cache, echo)
-    prep_seconds = time.perf_counter() - start
-    echo(f"preprocessed {len(train_ids)} training and {len(val_ids)} validation cases in {prep_seconds:.0f} s")
-    net, state = _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume)
-    final = _final_validation(net, dataset, val_ids, plan, out, dev, dtype, tc.final_tta, echo)
-    return _finish(out, plan, state, start, echo, final)
+    ids = splits[fold]["train"] + splits[fold]["val"]
+    prepare_cases(dataset, ids, plan, out / "cache", echo)
 
 
 def _final_validation(net, dataset, val_ids, plan, out, dev, dtype, mirror, echo) -> dict:
@@ -84,7 +113,7 @@ def _final_validation(net, dataset, val_ids, plan, out, dev, dtype, mirror, echo
     return result
 
 
-def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume) -> dict:
+def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume, ctx: Context):
     from monai.losses import DiceCELoss
 
     from medseg.model import build_network
@@ -98,57 +127,71 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=tc.dice_weight,
                          lambda_ce=tc.ce_weight)
     classes = sorted(k for k in plan["labels"] if int(k) != 0)
-    sampler = PatchSampler(train_data[0], train_data[1], plan["patch_size"], classes, tc.foreground_fraction,
-                           tc.seed)
-    state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1}
+    seed = tc.seed + 1000 * ctx.rank  # each rank draws its own patches
+    sampler = PatchSampler(train_data[0], train_data[1], plan["patch_size"], classes, tc.foreground_fraction, seed)
+    state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1, "elapsed": 0.0}
     last = out / "checkpoint_last.pt"
     if resume and last.exists():
         ckpt = load_checkpoint(last)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
-        restore_rng(ckpt["rng"], sampler.rng)
+        if ctx.main:
+            restore_rng(ckpt["rng"], sampler.rng)
         start -= state.get("elapsed", 0.0)  # a time budget counts the interrupted run's time too
-        _truncate_log(out / "log.jsonl", state["epoch"])
+        _truncate_log(out / "log.jsonl", state["epoch"]) if ctx.main else None
         echo(f"resumed at epoch {state['epoch']} (best mean Dice {state['best']:.4f})")
+    model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
     budget = parse_duration(tc.time_budget)
     total_steps = tc.epochs * tc.iterations_per_epoch
-    stream = BatchStream(sampler, config.augment, plan["batch_size"], tc.seed + state["epoch"])
+    stream = BatchStream(sampler, config.augment, plan["batch_size"], seed + state["epoch"])
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
-    timing = {"val": 0.0}  # last validation's duration, kept in reserve at the end of a time budget
-
-    def progress() -> float:
-        return _progress(state, total_steps, budget, start, timing["val"])
-
-    def set_lr() -> None:
+    val_seconds = 0.0
+    while True:
+        # Rank 0 decides progress (and so the learning rate and when to stop) for every rank.
+        progress = ctx.broadcast(_progress(state, total_steps, budget, start, val_seconds))
+        if progress >= 1.0:
+            break
         for group in optimizer.param_groups:
-            group["lr"] = _lr(tc, progress())
-
-    while progress() < 1.0:
+            group["lr"] = _lr(tc, progress)
         t0 = time.perf_counter()
-        stats = train_steps(net, batches, optimizer, loss_fn, dev, dtype, tc.iterations_per_epoch, set_lr, scaler)
+        stats = train_steps(model, batches, optimizer, loss_fn, dev, dtype, tc.iterations_per_epoch, scaler)
         state["step"] += tc.iterations_per_epoch
         state["train_seconds"] += stats["seconds"]
         v0 = time.perf_counter()
-        dice = validate(net, val_data[0], val_data[1], plan, dev, dtype, mirror=tc.val_tta)
-        timing["val"] = time.perf_counter() - v0
+        shard = (val_data[0][ctx.rank::ctx.world], val_data[1][ctx.rank::ctx.world])
+        scores = _merge(ctx.gather(validate(net, shard[0], shard[1], plan, dev, dtype, mirror=tc.val_tta)))
+        val_seconds = time.perf_counter() - v0
         state["epoch"] += 1
         state["elapsed"] = time.perf_counter() - start
+        dice = {k: float(np.mean(v)) for k, v in scores.items()}
         mean = float(np.mean(list(dice.values()))) if dice else 0.0
-        if mean > state["best"]:
-            state.update(best=mean, best_epoch=state["epoch"])
-            save_checkpoint(out / "weights.pt", net.state_dict())
-        save_checkpoint(last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                               "rng": rng_state(sampler.rng)})
-        record = {"epoch": state["epoch"], "step": state["step"], "loss": stats["loss"],
-                  "val_dice": {plan["labels"][k]: d for k, d in dice.items()}, "val_mean_dice": mean,
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
-                  "data_wait_fraction": stats["data_wait_fraction"], "elapsed": time.perf_counter() - start}
-        _append_log(out / "log.jsonl", record)
-        echo(_progress_line(record, plan, progress(), start))
+        losses = ctx.gather(stats["loss"])
+        if ctx.main:
+            if mean > state["best"]:
+                state.update(best=mean, best_epoch=state["epoch"])
+                save_checkpoint(out / "weights.pt", net.state_dict())
+            save_checkpoint(last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                                   "rng": rng_state(sampler.rng)})
+            record = {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)),
+                      "val_dice": {plan["labels"][k]: d for k, d in dice.items()}, "val_mean_dice": mean,
+                      "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
+                      "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state["elapsed"],
+                      "ranks": ctx.world}
+            _append_log(out / "log.jsonl", record)
+            echo(_progress_line(record, _progress(state, total_steps, budget, start, val_seconds), start))
+        state = ctx.broadcast(state)
     return net, state
+
+
+def _merge(per_rank: list[dict]) -> dict:
+    merged: dict = {}
+    for scores in per_rank:
+        for k, values in scores.items():
+            merged.setdefault(k, []).extend(values)
+    return merged
 
 
 def _optimizer(net, tc):
@@ -161,10 +204,10 @@ def _optimizer(net, tc):
 
 def _progress(state, total_steps, budget, start, val_seconds) -> float:
     """Fraction of the run done: by steps, or by wall-clock when a time budget is set (keeping room for
-    one more validation and the final write)."""
+    one more epoch's validation and the final validation with mirroring)."""
     if budget is None:
         return state["step"] / max(total_steps, 1)
-    usable = budget - 12.0 * val_seconds - 10.0  # room for the final validation (with mirroring: 8x)
+    usable = budget - 12.0 * val_seconds - 10.0
     return (time.perf_counter() - start) / max(usable, 1.0)
 
 
@@ -177,7 +220,7 @@ def _lr(tc, progress: float) -> float:
     return tc.lr
 
 
-def _progress_line(record, plan, progress, start) -> str:
+def _progress_line(record, progress, start) -> str:
     per_class = "  ".join(f"{name} {d:.3f}" for name, d in record["val_dice"].items())
     elapsed = time.perf_counter() - start
     eta = elapsed / max(progress, 1e-6) - elapsed

@@ -1,0 +1,120 @@
+"""Evaluate predicted label maps against ground truth: per case and label, then summaries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import MedsegError
+from medseg.io.atomic import write_csv_atomic, write_text_atomic
+from medseg.io.geometry import grid_mismatch
+from medseg.io.volume_io import image_stem, image_suffix, read_volume
+from medseg.metrics.lesions import lesion_detection
+from medseg.metrics.overlap import dice, iou, volume_mm3
+from medseg.metrics.surface import surface_metrics
+from medseg.types import Volume
+
+METRICS = ["dice", "iou", "hd95", "assd", "nsd", "volume_pred_mm3", "volume_gt_mm3", "volume_diff_mm3",
+           "lesion_sensitivity", "lesion_precision", "lesion_f1"]
+
+
+def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm: float = 1.0,
+                  case_id: str = "") -> list[dict]:
+    """One row per foreground label with every metric.
+
+    Raises:
+        MedsegError: when the grids differ (a silently wrong number is worse than none).
+    """
+    if mismatch := grid_mismatch(pred.spatial_shape, pred.affine, truth.spatial_shape, truth.affine):
+        raise MedsegError(f"prediction and ground truth grids differ: {'; '.join(mismatch)}",
+                          pred.meta.get("source"))
+    rows = []
+    for value, name in sorted(labels.items()):
+        if value == 0:
+            continue
+        p, t = pred.array == value, truth.array == value
+        surface = surface_metrics(p, t, truth.spacing, tolerance_mm)
+        lesions = lesion_detection(p, t)
+        vp, vt = volume_mm3(p, truth.spacing), volume_mm3(t, truth.spacing)
+        rows.append({"case": case_id, "label": name, "dice": dice(p, t), "iou": iou(p, t), **surface,
+                     "volume_pred_mm3": vp, "volume_gt_mm3": vt, "volume_diff_mm3": vp - vt,
+                     "lesion_sensitivity": lesions["sensitivity"], "lesion_precision": lesions["precision"],
+                     "lesion_f1": lesions["f1"], "lesions_gt": lesions["lesions"],
+                     "lesions_detected": lesions["detected"], "lesions_false_positive": lesions["false_positives"]})
+    return rows
+
+
+def pair_cases(pred_dir: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], list[str], dict[int, str] | None]:
+    """``(id, prediction, truth)`` pairs, ids missing a prediction, and label names when ``gt`` is a dataset."""
+    preds = {image_stem(p): p for p in sorted(Path(pred_dir).iterdir())
+             if image_suffix(p) and not image_stem(p).endswith("_probabilities")}
+    names = None
+    if gt.is_dir() and not any(gt.glob("dataset.json")) and not any(gt.glob("*.yaml")):
+        truths = {image_stem(p): p for p in sorted(gt.iterdir()) if image_suffix(p)}
+    else:
+        from medseg.data import load_dataset
+
+        dataset = load_dataset(gt)
+        truths = {c.id: c.label for c in dataset.cases if c.label is not None}
+        names = dataset.labels
+    pairs = [(i, preds[i], truths[i]) for i in sorted(truths) if i in preds]
+    missing = sorted(i for i in truths if i not in preds)
+    return pairs, missing, names
+
+
+def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None, tolerance_mm: float = 1.0,
+                    echo: Callable[[str], None] = print) -> dict:
+    """Evaluate every prediction in ``pred_dir`` against ``gt`` (folder of label files or a dataset).
+
+    Writes ``metrics.csv`` (case x label), ``summary.json`` (mean, median, std per label and metric),
+    ``summary.md``. Cases whose grids differ are errors, listed and counted, never scored.
+    """
+    pairs, missing, names = pair_cases(Path(pred_dir), Path(gt))
+    if not pairs:
+        raise MedsegError("no prediction matches a ground-truth case id", pred_dir)
+    rows, errors = [], [f"{i}: no prediction" for i in missing]
+    for case_id, pred_path, truth_path in pairs:
+        try:
+            truth = read_volume(truth_path, label=True)
+            pred = read_volume(pred_path, label=True)
+            names_here = labels or names or {int(v): f"label_{int(v)}" for v in
+                                             np.union1d(np.unique(truth.array), np.unique(pred.array)) if v != 0}
+            rows += evaluate_case(pred, truth, names_here, tolerance_mm, case_id)
+        except MedsegError as exc:
+            errors.append(f"{case_id}: {exc}")
+    for line in errors:
+        echo(f"error: {line}")
+    summary = summarize(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(out / "metrics.csv", rows)
+    write_text_atomic(out / "summary.json", json.dumps({"summary": summary, "errors": errors,
+                                                        "cases": len(pairs), "tolerance_mm": tolerance_mm}, indent=1))
+    write_text_atomic(out / "summary.md", markdown_table(summary))
+    return {"summary": summary, "errors": errors, "rows": rows}
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{label: {metric: {mean, median, std}}}`` over cases."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label in dict.fromkeys(r["label"] for r in rows):
+        these = [r for r in rows if r["label"] == label]
+        out[label] = {}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in these], float)
+            out[label][metric] = {"mean": float(values.mean()), "median": float(np.median(values)),
+                                  "std": float(values.std()), "n": int(len(values))}
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    """Mean / median / std per label for the main metrics, as a Markdown table."""
+    shown = ["dice", "iou", "hd95", "assd", "nsd", "volume_diff_mm3", "lesion_f1"]
+    lines = ["| label | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    for label, metrics in summary.items():
+        cells = [f"{metrics[m]['mean']:.3f} / {metrics[m]['median']:.3f} / {metrics[m]['std']:.3f}" for m in shown]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "Mean / median / std over cases.\n\n" + "\n".join(lines) + "\n"

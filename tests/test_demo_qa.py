@@ -1,0 +1,58 @@
+"""The README's main command end to end, then evaluate, qa and the notebook on its results."""
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.demo import run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    lines = []
+    result = run_demo(tmp_path_factory.mktemp("demo") / "medseg-demo", echo=lines.append)
+    return result, lines
+
+
+@pytest.mark.slow
+def test_demo_trains_infers_evaluates_and_reports(demo):
+    result, lines = demo
+    assert result["dice"]["organ"] > 0.85, lines
+    assert lines[-1].startswith("demo finished") and "qa_report.html" in lines[-1]
+    results = result["results"]
+    assert len(list(results.glob("*.seg.dcm"))) == 1 and (results / "summary.csv").exists()
+    html = result["report"].read_text()
+    assert html.count("data:image/png;base64,") == 4 and "Phantom" not in html and "Anonymous" not in html
+
+
+@pytest.mark.slow
+def test_evaluate_and_qa_commands(demo, tmp_path):
+    result, _ = demo
+    truth = result["results"].parent / "test" / "labels"
+    out = runner.invoke(app, ["evaluate", str(result["results"]), str(truth), "--out", str(tmp_path / "ev")])
+    assert out.exit_code == 0, out.output  # the DICOM case has no ground truth: not paired, not an error
+    assert (tmp_path / "ev" / "metrics.csv").exists() and "| organ |" in (tmp_path / "ev" / "summary.md").read_text()
+    out = runner.invoke(app, ["qa", str(result["results"]), "--gt", str(truth), "--out", str(tmp_path / "r.html")])
+    assert out.exit_code == 0, out.output
+    assert "4 cases" in out.output
+
+
+@pytest.mark.slow
+def test_notebook_executes(demo):
+    import nbformat
+    from nbclient import NotebookClient
+
+    result, _ = demo
+    nb = nbformat.read(ROOT / "docs" / "qa_review.ipynb", as_version=4)
+    os.environ["MEDSEG_RESULTS"] = str(result["results"])
+    os.environ["MEDSEG_GT"] = str(result["results"].parent / "test" / "labels")
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "docs")}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
