@@ -115,7 +115,9 @@ def train(
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms (slower)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
 ):
-    """Train a 3D U-Net on a dataset; the dataset is checked first and refused if it has errors."""
+    """Train a 3D U-Net on a dataset; the dataset is checked first and refused if it has errors.
+    Launched by torchrun (e.g. `torchrun --nproc_per_node=4 -m medseg.cli train ...`) it trains with
+    DistributedDataParallel; see docs/distributed.md."""
     from medseg.config import load_config
     from medseg.train import train as run_training
 
@@ -150,6 +152,8 @@ def infer(
     min_slices: int = typer.Option(3, "--min-slices", help="DICOM: skip series with fewer slices."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto, bf16, fp16 or fp32."),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: segment only every N-th case starting at I "
+                                     "(0-based); under torchrun each rank takes its shard automatically."),
 ):
     """Segment every case under INPUT into OUTPUT_DIR: one uint8 NIfTI label map per case on the input's
     exact grid, a DICOM SEG for DICOM series, a JSON per case and summary.csv. Finished cases are skipped
@@ -158,7 +162,8 @@ def infer(
     from medseg.infer.inputs import SeriesFilter
 
     options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg, mirror=tta,
-                           overlap=overlap, series=SeriesFilter(modality, description, min_slices))
+                           overlap=overlap, series=SeriesFilter(modality, description, min_slices),
+                           shard=_parse_shard(shard))
     summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=typer.echo)
     if summary["failed"]:
         raise typer.Exit(1)
@@ -204,6 +209,18 @@ def demo(
     from medseg.demo import run_demo
 
     run_demo(out_dir, echo=typer.echo)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from medseg.errors import MedsegError
+
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise MedsegError(f"--shard expects I/N (e.g. 0/4), got '{text}'") from None
 
 
 if __name__ == "__main__":

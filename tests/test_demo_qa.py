@@ -52,7 +52,9 @@ def test_notebook_executes(demo):
     nb = nbformat.read(ROOT / "docs" / "qa_review.ipynb", as_version=4)
     os.environ["MEDSEG_RESULTS"] = str(result["results"])
     os.environ["MEDSEG_GT"] = str(result["results"].parent / "test" / "labels")
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "docs")}}).execute()
+    resources = {"metadata": {"path": str(ROOT / "docs")}}
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources)
+    client.execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)

@@ -180,3 +180,15 @@ def test_compressed_transfer_syntaxes_decode(tmp_path):
         ds.compress(RLELossless if i % 2 else JPEG2000Lossless)
         ds.save_as(path)
     assert np.array_equal(read_dicom_folder(tmp_path / "s").array, reference)
+
+
+def test_malformed_header_is_skipped_not_fatal(tmp_path):
+    paths = _phantom_series(tmp_path / "s")
+    raw = bytearray(paths[0].read_bytes())  # overwrite ImagePositionPatient's value with letters
+    at = raw.index(b"\x20\x00\x32\x00DS") + 6
+    length = int.from_bytes(raw[at:at + 2], "little")
+    raw[at + 2:at + 2 + length] = b"x" * length
+    paths[0].write_bytes(bytes(raw))
+    scan = scan_dicom(tmp_path)
+    assert len(scan.skipped) == 1 and "malformed" in scan.skipped[0][1]
+    assert scan.series[0].readable and len(scan.series[0].files) == 9

@@ -100,3 +100,11 @@ def test_unknown_format_and_missing_file(tmp_path):
         read_volume(tmp_path / "notes.txt")
     with pytest.raises(MedsegError, match="not found"):
         read_volume(tmp_path / "missing.nii.gz")
+
+
+def test_singular_affine_is_refused(tmp_path, phantom):
+    img = nib.Nifti1Image(phantom[0].array, None)
+    img.header.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)
+    nib.save(img, tmp_path / "flat.nii.gz")
+    with pytest.raises(MedsegError, match="singular"):
+        read_volume(tmp_path / "flat.nii.gz")

@@ -25,6 +25,7 @@ class InferOptions:
     mirror: bool | None = None
     overlap: float | None = None
     series: SeriesFilter | None = None
+    shard: tuple[int, int] | None = None  # (index, count): take every count-th case from index
 
 
 def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = None, device: str = "auto",
@@ -40,16 +41,24 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
     from tqdm import tqdm
 
     from medseg.infer.predictor import Predictor
+    from medseg.train.distributed import setup, shutdown
 
     options = options or InferOptions()
     start = time.perf_counter()
     out = Path(out_dir)
+    ctx, dev = setup(device)  # under torchrun: one shard per rank, one GPU per rank
+    shard = options.shard or ((ctx.rank, ctx.world) if ctx.world > 1 else None)
     cases, skipped_lines = discover(input_path, options.series)
-    for line in skipped_lines:
+    for line in skipped_lines if not shard or shard[0] == 0 else []:
         echo(line)
     if not cases:
         raise MedsegError("nothing to segment (no image files, DICOM series or manifest cases found)", input_path)
-    predictor = Predictor.from_dir(model_dir, device=device, precision=precision)
+    if shard:
+        index, count = shard
+        if not 0 <= index < count:
+            raise MedsegError(f"shard {index}/{count}: the index must be 0..{count - 1}")
+        cases = sorted(cases, key=lambda c: c.id)[index::count]
+    predictor = Predictor.from_dir(model_dir, device=str(dev), precision=precision)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in tqdm(cases, desc="cases", unit="case", disable=None):
@@ -71,11 +80,17 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
             rows.append({"id": case.id, "status": "failed", "error": f"{type(exc).__name__}: {text}"})
             echo(f"error: {case.id}: unexpected {type(exc).__name__}: {text}")
     summary_path = out / "summary.csv"
-    write_csv_atomic(summary_path, rows)
+    if shard:  # each shard writes its own rows; the summary merges every shard done so far (all, under torchrun)
+        write_csv_atomic(out / f"summary.shard{shard[0]}of{shard[1]}.csv", rows)
+        ctx.barrier()
+        rows = merge_shard_summaries(out, shard[1])
+        shutdown(ctx)
     counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("ok", "skipped", "failed")}
     total = time.perf_counter() - start
-    echo(f"{counts['ok']} segmented, {counts['skipped']} skipped, {counts['failed']} failed in {total:.1f} s; "
-         f"summary in {summary_path}")
+    if ctx.main:
+        write_csv_atomic(summary_path, rows)
+        echo(f"{counts['ok']} segmented, {counts['skipped']} skipped, {counts['failed']} failed in {total:.1f} s; "
+             f"summary in {summary_path}")
     return {"done": counts["ok"], "skipped": counts["skipped"], "failed": counts["failed"], "seconds": total,
             "summary": str(summary_path)}
 
@@ -131,3 +146,16 @@ def _source_path(case: InputCase) -> str:
     if case.series is not None:
         return os.path.commonpath([str(p.parent) for p in case.series.files])
     return str(case.images[0])
+
+
+def merge_shard_summaries(out: Path, count: int) -> list[dict]:
+    """Rows of every ``summary.shard<i>of<count>.csv`` present in ``out`` (all shards once they are done)."""
+    import csv
+
+    rows: list[dict] = []
+    for i in range(count):
+        path = out / f"summary.shard{i}of{count}.csv"
+        if path.exists():
+            with open(path, newline="") as fh:
+                rows += list(csv.DictReader(fh))
+    return sorted(rows, key=lambda r: r["id"])

@@ -132,11 +132,14 @@ def scan_folder(root: str | Path) -> FolderScan:
         if ds is None:
             non_dicom.append(path)
             continue
-        reason = _not_a_slice(ds)
+        try:
+            reason = _not_a_slice(ds)
+            if not reason:
+                groups.setdefault(_group_key(ds), []).append((_slice_header(path, ds), ds))
+        except Exception as exc:  # malformed values (non-numeric positions, broken sequences...)
+            reason = f"malformed header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
         if reason:
             skipped.append((path, reason))
-            continue
-        groups.setdefault(_group_key(ds), []).append((_slice_header(path, ds), ds))
     if non_dicom:
         log.info("%s: ignored %d non-DICOM file(s)", root, len(non_dicom))
     series = _build_series(groups)

@@ -53,6 +53,8 @@ def read_nifti(path: str | Path, label: bool = False) -> Volume:
     shape = _spatial_first_shape(img.shape, path)
     check_fits(img.shape, img.get_data_dtype().itemsize + 4, path)
     affine, warnings = _choose_affine(img, path)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise MedsegError("invalid geometry: the affine is singular or not finite (zero voxel size?)", path)
     try:
         raw = np.asanyarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
     except Exception as exc:  # truncated gzip, short file...

@@ -73,6 +73,7 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
     ``summary.md``. Cases whose grids differ are errors, listed and counted, never scored.
     """
     pairs, missing, names = pair_cases(Path(pred_dir), Path(gt))
+    names = names or _names_from_results(Path(pred_dir))
     if not pairs:
         raise MedsegError("no prediction matches a ground-truth case id", pred_dir)
     rows, errors = [], [f"{i}: no prediction" for i in missing]
@@ -118,3 +119,15 @@ def markdown_table(summary: dict) -> str:
         cells = [f"{metrics[m]['mean']:.3f} / {metrics[m]['median']:.3f} / {metrics[m]['std']:.3f}" for m in shown]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "Mean / median / std over cases.\n\n" + "\n".join(lines) + "\n"
+
+
+def _names_from_results(pred_dir: Path) -> dict[int, str] | None:
+    """Label names recorded by `medseg infer` in its per-case JSON files, when there are any."""
+    for path in sorted(pred_dir.glob("*.json")):
+        try:
+            labels = json.loads(path.read_text()).get("labels")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if labels:
+            return {int(k): v for k, v in labels.items()}
+    return None

@@ -24,6 +24,9 @@ def normalize(image: np.ndarray, schemes: list[dict]) -> tuple[np.ndarray, list[
     applied = []
     for c, spec in enumerate(schemes):
         x = image[c].astype(np.float32, copy=False)
+        if not np.isfinite(x).all():  # damaged voxels: set to the lowest finite value, never NaN downstream
+            finite = x[np.isfinite(x)]
+            x = np.where(np.isfinite(x), x, finite.min() if finite.size else 0.0).astype(np.float32)
         if spec["scheme"] == "ct":
             mean, std = float(spec["mean"]), max(float(spec["std"]), 1e-6)
             out[c] = (np.clip(x, spec["lower"], spec["upper"]) - mean) / std

@@ -86,8 +86,3 @@ def restore_probabilities(probs: np.ndarray, trace: Trace) -> np.ndarray:
     out[region] = resample_image(probs, cropped_shape, trace.separate_z_axis)
     return out
 
-
-def undo_to_volume(label_array: np.ndarray, trace: Trace) -> Volume:
-    """Wrap a restored label map in a :class:`Volume` with the original affine."""
-    return Volume(label_array.astype(np.uint8 if label_array.max() < 256 else np.int16),
-                  np.asarray(trace.original_affine), {})

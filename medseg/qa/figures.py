@@ -39,8 +39,6 @@ def overlay_figure(image: np.ndarray, label: np.ndarray, spacing, labels: dict[i
         spacing: Voxel size in mm (sets each plane's aspect ratio).
     """
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 

@@ -69,11 +69,16 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
         torch.use_deterministic_algorithms(True, warn_only=True)
     dtype = autocast_dtype(tc.precision, dev)
     dataset = load_dataset(dataset_path)
+    failure = None
     if ctx.main:  # rank 0 checks, plans, splits and fills the cache; the others then read what it wrote
-        out.mkdir(parents=True, exist_ok=True)
-        refuse_bad_dataset(dataset, echo)
-        _prepare(dataset, config, out, fold, echo)
-    ctx.barrier()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            refuse_bad_dataset(dataset, echo)
+            _prepare(dataset, config, out, fold, echo)
+        except MedsegError as exc:
+            failure = exc
+    if ctx.broadcast(str(failure) if failure else None):  # every rank stops together on a refused dataset
+        raise failure if failure else MedsegError("rank 0 refused the dataset (see its message)")
     plan, _ = load_or_plan(dataset, config, out, echo)
     splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json")
     train_ids, val_ids = splits[fold]["train"], splits[fold]["val"]
@@ -148,10 +153,10 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
-    val_seconds = 0.0
+    val_seconds = epoch_seconds = 0.0
     while True:
         # Rank 0 decides progress (and so the learning rate and when to stop) for every rank.
-        progress = ctx.broadcast(_progress(state, total_steps, budget, start, val_seconds))
+        progress = ctx.broadcast(_progress(state, total_steps, budget, start, epoch_seconds, val_seconds))
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
@@ -164,6 +169,7 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
         shard = (val_data[0][ctx.rank::ctx.world], val_data[1][ctx.rank::ctx.world])
         scores = _merge(ctx.gather(validate(net, shard[0], shard[1], plan, dev, dtype, mirror=tc.val_tta)))
         val_seconds = time.perf_counter() - v0
+        epoch_seconds = time.perf_counter() - t0
         state["epoch"] += 1
         state["elapsed"] = time.perf_counter() - start
         dice = {k: float(np.mean(v)) for k, v in scores.items()}
@@ -181,7 +187,8 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
                       "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state["elapsed"],
                       "ranks": ctx.world}
             _append_log(out / "log.jsonl", record)
-            echo(_progress_line(record, _progress(state, total_steps, budget, start, val_seconds), start))
+            echo(_progress_line(record, _progress(state, total_steps, budget, start, epoch_seconds, val_seconds),
+                                start))
         state = ctx.broadcast(state)
     return net, state
 
@@ -202,12 +209,16 @@ def _optimizer(net, tc):
     raise MedsegError(f"unknown optimizer '{tc.optimizer}' (adamw, sgd)")
 
 
-def _progress(state, total_steps, budget, start, val_seconds) -> float:
-    """Fraction of the run done: by steps, or by wall-clock when a time budget is set (keeping room for
-    one more epoch's validation and the final validation with mirroring)."""
+def _progress(state, total_steps, budget, start, epoch_seconds: float = 0.0, val_seconds: float = 0.0) -> float:
+    """Fraction of the run done: by steps, or by wall-clock when a time budget is set.
+
+    With a budget, the last epoch's duration (training and validation) stays free so that an epoch only
+    starts when it can finish, and so do 12 validations' worth (the final validation mirrors 8x) plus
+    20 s for writing the model folder.
+    """
     if budget is None:
         return state["step"] / max(total_steps, 1)
-    usable = budget - 12.0 * val_seconds - 10.0
+    usable = budget - epoch_seconds - 12.0 * val_seconds - 20.0
     return (time.perf_counter() - start) / max(usable, 1.0)
 
 
