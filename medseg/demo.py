@@ -32,6 +32,7 @@ def run_demo(out_dir: str | Path, echo: Callable[[str], None] = print, cases: in
 
     start = time.perf_counter()
     out = Path(out_dir)
+    _clear_previous_demo(out, echo)
     dataset = write_phantom_dataset(out / "dataset", cases=cases)
     report = check_dataset(load_dataset(dataset))
     echo(f"1/6 dataset: {report.summary()}  ({dataset})")
@@ -64,3 +65,20 @@ def run_demo(out_dir: str | Path, echo: Callable[[str], None] = print, cases: in
     echo(f"demo finished in {time.perf_counter() - start:.0f} s: test Dice "
          + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) + f"; open {qa_path}")
     return {"dataset": dataset, "model": out / "model", "results": results, "report": qa_path, "dice": dice}
+
+
+def _clear_previous_demo(out: Path, echo) -> None:
+    """Make ``out`` ready: remove an earlier demo's files (marked by ``.medseg-demo``), refuse any other
+    non-empty folder."""
+    import shutil
+
+    from medseg.errors import MedsegError
+
+    marker = out / ".medseg-demo"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise MedsegError("folder is not empty and was not written by medseg demo; choose another folder", out)
+    for name in ("dataset", "model", "test", "results"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by medseg demo; the demo may replace this folder's contents\n")

@@ -22,7 +22,7 @@ def test_help_does_not_import_heavy_libraries():
     assert out.stdout.strip() == ""
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("info", "convert", "check", "demo"):
+    for command in ("info", "convert", "check", "plan", "train", "infer", "evaluate", "qa", "demo"):
         assert command in result.output
 
 
@@ -72,7 +72,8 @@ def test_info_on_file(tmp_path, command, phantom):
     assert result.exit_code == 0 and "1.5 x 1.5 x 4 mm" in result.output and "oblique" in result.output
 
 
-def test_demo_runs(tmp_path):
-    result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert "0 error(s)" in result.output
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "my_notes.txt").write_text("not the demo's")
+    result = runner.invoke(app, ["demo", str(tmp_path)])
+    assert result.exit_code == 1 and "not written by medseg demo" in result.output
+    assert (tmp_path / "my_notes.txt").exists()

@@ -135,3 +135,14 @@ def test_model_folder_integrity_is_checked(model_dir, tmp_path):
         fh.write(" ")
     with pytest.raises(Exception, match="SHA256SUMS"):
         Predictor.from_dir(copy)
+
+
+def test_fold_folders_are_ensembled(model_dir, tmp_path):
+    folds = tmp_path / "folds"
+    for name in ("fold_0", "fold_1"):
+        shutil.copytree(model_dir, folds / name, ignore=shutil.ignore_patterns("cache"))
+    single, ensemble = Predictor.from_dir(model_dir), Predictor.from_dir(folds)
+    assert len(ensemble.nets) == 2
+    image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=77)
+    a, b = single.predict(image), ensemble.predict(image)
+    assert np.array_equal(a.label.array, b.label.array)  # two identical folds average to the same answer

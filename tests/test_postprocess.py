@@ -36,3 +36,14 @@ def test_fill_holes():
     label[8:12, 8:12, 8:12] = 0
     out, stats = postprocess(label, {1: ComponentRule("none", fill_holes=True)}, spacing=(1, 1, 1))
     assert stats[1]["voxels_filled"] == 64 and (out == 1).sum() == 12**3
+
+
+def test_cc3d_matches_scipy_labelling():
+    from scipy import ndimage
+
+    from medseg.postprocess.components import components
+
+    mask = np.random.default_rng(0).random((60, 50, 40)) > 0.7
+    ours, sizes = components(mask)
+    theirs, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert ours.max() == n and sorted(sizes[1:]) == sorted(np.bincount(theirs.ravel())[1:])

@@ -14,6 +14,7 @@ from medseg.preprocess.crop import crop, nonzero_box, uncrop
 from medseg.preprocess.normalize import normalize
 from medseg.preprocess.resample import (
     argmax_resampled,
+    needs_separate_z,
     resample_image,
     resample_labels,
     shape_for_spacing,
@@ -48,7 +49,7 @@ def preprocess(image: Volume, label: Volume | None, plan: dict) -> tuple[np.ndar
     box = nonzero_box(data) if plan.get("crop_nonzero", True) else [(0, n) for n in data.shape[1:]]
     data = crop(data, box)
     new_shape = shape_for_spacing(data.shape[1:], image.spacing, plan["target_spacing"])
-    axis = plan.get("separate_z_axis")
+    axis = separate_z_axis(image.spacing, plan["target_spacing"], plan.get("anisotropy_threshold", 3.0))
     data = resample_image(data, new_shape, axis)
     data, applied = normalize(data, plan["normalization"])
     lab = None
@@ -62,6 +63,13 @@ def preprocess(image: Volume, label: Volume | None, plan: dict) -> tuple[np.ndar
         separate_z_axis=axis, normalization=applied,
     )
     return data, lab, trace
+
+
+def separate_z_axis(spacing, target_spacing, threshold: float = 3.0) -> int | None:
+    """The axis to resample on its own, decided per case as nnU-Net does: the case's own coarse axis
+    when its voxels are anisotropic, else the target's coarse axis when the target is, else None."""
+    axis = needs_separate_z(spacing, threshold)
+    return axis if axis is not None else needs_separate_z(target_spacing, threshold)
 
 
 def restore_labels(scores: np.ndarray, trace: Trace, labels) -> np.ndarray:

@@ -65,6 +65,7 @@ def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[
         "channels": {int(k): v for k, v in dataset_channels.items()},
         "median_shape_resampled": [float(s) for s in median_shape],
         "crop_nonzero": pre.crop_nonzero,
+        "anisotropy_threshold": pre.anisotropy_threshold,
     }
 
 
