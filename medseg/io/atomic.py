@@ -73,3 +73,24 @@ def write_csv_atomic(path: str | Path, rows: list[dict], overwrite: bool = True)
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue(), overwrite=overwrite)
+
+
+def remove_stale_temporaries(folder: str | Path, older_than_s: float = 600.0) -> int:
+    """Delete temporary files that :func:`atomic_path` left behind when a process was killed.
+
+    Only hidden ``.*.tmp*`` files untouched for ``older_than_s`` seconds go: a file still being written
+    (by a parallel shard, say) keeps changing and is left alone. Returns how many were removed.
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for path in folder.iterdir():
+        if path.name.startswith(".") and ".tmp" in path.name and path.is_file():
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -23,7 +23,7 @@ import torch
 
 from medseg.config import RunConfig, config_from_dict, parse_duration, save_config
 from medseg.errors import MedsegError
-from medseg.io.atomic import write_text_atomic
+from medseg.io.atomic import remove_stale_temporaries, write_text_atomic
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_sha256sums
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.distributed import Context
@@ -73,6 +73,7 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
     if ctx.main:  # rank 0 checks, plans, splits and fills the cache; the others then read what it wrote
         try:
             out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out)  # left by a run that was killed mid-write
             refuse_bad_dataset(dataset, echo)
             _prepare(dataset, config, out, fold, echo)
         except MedsegError as exc:
