@@ -30,29 +30,26 @@ def _perturbed(mask, seed):
     return shifted | (edge & (rng.random(mask.shape) < 0.3))
 
 
-@pytest.mark.parametrize("label_value", [1, 2])
-def test_agree_with_monai_on_hippocampus(data_path, label_value):
-    truth_vol = read_volume(data_path("hippocampus/labelsTr/hippocampus_001.nii.gz"), label=True)
-    truth = truth_vol.array == label_value
-    pred = _perturbed(truth, label_value)
-    spacing = (1.0, 1.0, 1.0)
-    ours = surface_metrics(pred, truth, spacing, tolerance_mm=1.0)
-    d, hd, nsd = _monai(pred, truth, spacing, 1.0)
+def _assert_agrees_with_monai(pred, truth, spacing, tolerance_mm):
+    ours = surface_metrics(pred, truth, spacing, tolerance_mm=tolerance_mm)
+    d, hd, nsd = _monai(pred, truth, spacing, tolerance_mm)
     assert abs(dice(pred, truth) - d) < 1e-3
     assert abs(ours["hd95"] - hd) < 0.1 and abs(ours["nsd"] - nsd) < 1e-3
+
+
+@pytest.mark.parametrize("label_value", [1, 2])
+def test_agree_with_monai_on_hippocampus(data_path, label_value):
+    truth = read_volume(data_path("hippocampus/labelsTr/hippocampus_001.nii.gz"), label=True)
+    mask = truth.array == label_value
+    _assert_agrees_with_monai(_perturbed(mask, label_value), mask, truth.spacing, 1.0)
 
 
 def test_agree_with_monai_on_ct_organs(data_path):
     seg = read_volume(data_path("ct/example_seg.nii.gz"), label=True)
     values = [v for v, n in zip(*np.unique(seg.array, return_counts=True), strict=True) if v and n > 500][:4]
     for i, value in enumerate(values):
-        truth = seg.array == value
-        pred = _perturbed(truth, i)
-        spacing = (3.0, 3.0, 3.0)
-        ours = surface_metrics(pred, truth, spacing, tolerance_mm=3.0)
-        d, hd, nsd = _monai(pred, truth, spacing, 3.0)
-        assert abs(dice(pred, truth) - d) < 1e-3
-        assert abs(ours["hd95"] - hd) < 0.1 and abs(ours["nsd"] - nsd) < 1e-3
+        mask = seg.array == value
+        _assert_agrees_with_monai(_perturbed(mask, i), mask, seg.spacing, 3.0)
 
 
 def test_anisotropic_spacing_is_used():
