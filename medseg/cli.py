@@ -51,8 +51,9 @@ def convert(
     out_dir: Path = typer.Argument(..., help="Where to write one NIfTI per series."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist."),
 ):
-    """Convert every DICOM series in a folder to NIfTI. Names come from series number and a sanitised
-    description. Exit code 1 when any series was refused or failed."""
+    """Convert every DICOM series in a folder to NIfTI, each with a JSON sidecar. Names come from the series
+    number, a hash of its SeriesInstanceUID and the sanitised description. Exit code 1 when any series was
+    refused or failed, or when the folder holds no DICOM series."""
     from medseg.io.convert import convert_dicom_folder
 
     results = convert_dicom_folder(dicom_dir, out_dir, overwrite=overwrite)
@@ -60,10 +61,12 @@ def convert(
         if r.error:
             typer.echo(f"error: {r.error}", err=True)
         else:
-            typer.echo(f"{r.series} -> {r.output}" + (" (exists, kept)" if r.kept else ""))
+            typer.echo(f"{r.series} -> {r.output}" + (" (exists, same series, kept)" if r.kept else ""))
+        for text in r.warnings:
+            typer.echo(f"warning: {r.series}: {text}", err=True)
     failed = sum(r.error is not None for r in results)
     typer.echo(f"converted {len(results) - failed} of {len(results)} series")
-    if failed or not results:
+    if failed:
         raise typer.Exit(1)
 
 

@@ -1,5 +1,6 @@
 """The command line: fast help, one-line errors, exit codes, no patient identity in output."""
 
+import re
 import subprocess
 import sys
 
@@ -38,10 +39,10 @@ def test_convert_names_series_safely_and_keeps_existing(tmp_path):
     write_dicom_series(image, tmp_path / "in" / "a", description="T1 / ax (post)", series_number=4)
     result = runner.invoke(app, ["convert", str(tmp_path / "in"), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    (out,) = (tmp_path / "out").iterdir()
-    assert out.name == "001_s4_T1_ax_post.nii.gz"
+    out, sidecar = sorted((tmp_path / "out").iterdir(), key=lambda p: p.suffix)
+    assert re.fullmatch(r"s4_[0-9a-f]{8}_T1_ax_post\.nii\.gz", out.name) and sidecar.name.endswith(".json")
     again = runner.invoke(app, ["convert", str(tmp_path / "in"), str(tmp_path / "out")])
-    assert "exists, kept" in again.output
+    assert "exists, same series, kept" in again.output
 
 
 def test_bad_inputs_give_one_line_error_and_exit_1(tmp_path):

@@ -20,6 +20,7 @@ def test_msd_hippocampus_loads_and_checks_clean(data_path):
     assert dataset.labels == {0: "background", 1: "Anterior", 2: "Posterior"}
     report = check_dataset(dataset)
     assert report.ok and report.errors == [], [str(p) for p in report.problems]
+    assert report.label_values == {0, 1, 2} and "labels declared [0, 1, 2], found [0, 1, 2]" in report.summary()
 
 
 @pytest.fixture()

@@ -182,13 +182,13 @@ def test_compressed_transfer_syntaxes_decode(tmp_path):
     assert np.array_equal(read_dicom_folder(tmp_path / "s").array, reference)
 
 
-def test_malformed_header_is_skipped_not_fatal(tmp_path):
+def test_malformed_header_refuses_its_series_naming_the_file(tmp_path):
     paths = _phantom_series(tmp_path / "s")
     raw = bytearray(paths[0].read_bytes())  # overwrite ImagePositionPatient's value with letters
     at = raw.index(b"\x20\x00\x32\x00DS") + 6
     length = int.from_bytes(raw[at:at + 2], "little")
     raw[at + 2:at + 2 + length] = b"x" * length
     paths[0].write_bytes(bytes(raw))
-    scan = scan_dicom(tmp_path)
-    assert len(scan.skipped) == 1 and "malformed" in scan.skipped[0][1]
-    assert scan.series[0].readable and len(scan.series[0].files) == 9
+    (series,) = scan_dicom(tmp_path).series
+    assert not series.readable and paths[0].name in series.problems[0]
+    assert "ImagePositionPatient" in series.problems[0]

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from medseg.train.data import label_classes
 from medseg.train.loop import deep_supervision_loss
 from medseg.train.sampling import PatchSampler
 
@@ -54,3 +55,16 @@ def test_deep_supervision_loss_prefers_correct_prediction():
     assert deep_supervision_loss(loss_fn, stacked_good, target) < 0.05
     assert deep_supervision_loss(loss_fn, stacked_bad, target) > 1.0
     assert torch.isclose(deep_supervision_loss(loss_fn, stacked_good, target), loss_fn(good, target))
+
+
+def test_labels_with_values_0_5_7_sample_and_train_as_classes_0_1_2():
+    images, labels = _cases(3)
+    values = [0, 5, 7]
+    labels = [label_classes(np.asarray(values, np.int16)[lab], values) for lab in labels]
+    sampler = PatchSampler(images, labels, (16, 16, 8), classes=[1, 2], foreground_fraction=1.0, seed=0)
+    _, labs, chosen = sampler.batch(4)
+    assert sampler.classes == [1, 2] and set(chosen) <= {1, 2} and set(np.unique(labs).tolist()) <= {0, 1, 2}
+    logits = torch.zeros(4, len(values), 16, 16, 8, requires_grad=True)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(logits, torch.from_numpy(labs).long())
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad is not None

@@ -31,10 +31,15 @@ class Problem:
 
 @dataclass
 class CheckReport:
-    """Result of :func:`check_dataset`."""
+    """Result of :func:`check_dataset`.
+
+    Attributes:
+        label_values: Every value found in the label maps that could be read (declared or not).
+    """
 
     dataset: Dataset
     problems: list[Problem] = field(default_factory=list)
+    label_values: set[int] = field(default_factory=set)
 
     @property
     def errors(self) -> list[Problem]:
@@ -50,13 +55,15 @@ class CheckReport:
 
     def summary(self) -> str:
         d = self.dataset
-        return (f"{d.name} ({d.source}): {len(d.cases)} cases, {len(d.labelled)} labelled, "
-                f"{len(d.channels)} channel(s), labels {sorted(d.labels)}: "
+        test = sum(c.split == "test" for c in d.labelled)
+        return (f"{d.name} ({d.source}): {len(d.cases)} cases, {len(d.labelled)} labelled"
+                f"{f' ({test} test)' if test else ''}, {len(d.channels)} channel(s), "
+                f"labels declared {sorted(d.labels)}, found {sorted(self.label_values)}: "
                 f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
 
 
 def check_dataset(dataset: Dataset, workers: int = 2) -> CheckReport:
-    """Check every case of ``dataset``: files, grids, label values, NaNs, ids.
+    """Check every case of ``dataset``: files, grids, label values, NaNs, ids, splits.
 
     Args:
         dataset: From :func:`medseg.data.load_dataset`.
@@ -65,13 +72,17 @@ def check_dataset(dataset: Dataset, workers: int = 2) -> CheckReport:
     report = CheckReport(dataset)
     report.problems += [Problem("error", None, text) for text in dataset.problems]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for found in pool.map(lambda c: check_case(c, dataset), dataset.cases):
+        for found, values in pool.map(lambda c: check_case(c, dataset), dataset.cases):
             report.problems += found
+            report.label_values |= values
+    unused = sorted(set(dataset.foreground_labels) - report.label_values)
+    if unused and report.label_values:
+        report.problems.append(Problem("warning", None, f"declared label(s) {unused} found in no label map"))
     return report
 
 
-def check_case(case: Case, dataset: Dataset) -> list[Problem]:
-    """All problems of one case (empty list when it is fine)."""
+def check_case(case: Case, dataset: Dataset) -> tuple[list[Problem], set[int]]:
+    """All problems of one case (empty list when it is fine) and the values in its label map."""
     problems: list[Problem] = []
 
     def err(message: str, path: Path | None = None, severity: str = "error") -> None:
@@ -99,12 +110,12 @@ def check_case(case: Case, dataset: Dataset) -> list[Problem]:
         err(f"{channels} channel(s) but the dataset declares {len(dataset.channels)}", case.images[0])
     if case.label is None:
         err("no label (the case cannot be used for training)", severity="warning")
-        return problems
+        return problems, set()
     try:
         label = read_volume(case.label, label=True)
     except MedsegError as exc:
         err(exc.problem, case.label)
-        return problems
+        return problems, set()
     if reference is not None:
         mismatch = grid_mismatch(reference.spatial_shape, reference.affine, label.spatial_shape, label.affine)
         if mismatch:
@@ -114,4 +125,4 @@ def check_case(case: Case, dataset: Dataset) -> list[Problem]:
         err(f"label value(s) {sorted(extra)} not among the declared labels {sorted(dataset.labels)}", case.label)
     elif values <= {0}:
         err("label map is empty (background only)", case.label, "warning")
-    return problems
+    return problems, {int(v) for v in values}

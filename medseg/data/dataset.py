@@ -9,15 +9,21 @@ A *medseg manifest* is a YAML or JSON file::
       - id: hippocampus_001
         images: [imagesTr/hippocampus_001.nii.gz]   # one path per channel, relative to the manifest
         label: labelsTr/hippocampus_001.nii.gz      # optional
-        fold: 0                                     # optional (or split: train|val|test)
+        fold: 0                                     # optional (or split: train|val|test, not both)
 
 Unknown top-level or case keys are errors, so a typo does not silently drop a setting.
+
+Splits: a case with ``split: test`` is never trained or validated on (see :mod:`medseg.train.splits`
+for how folds, ``split: val`` and an nnU-Net ``splits_final.json`` decide the rest). MSD ``dataset.json``
+training entries may carry a ``fold`` too, and any dataset folder may hold an nnU-Net v2
+``splits_final.json`` (``[{"train": [ids], "val": [ids]}, ...]``). Inconsistent split declarations are
+recorded in :attr:`Dataset.problems`, so ``medseg check`` lists them and training refuses the dataset.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medseg.errors import MedsegError
@@ -25,6 +31,8 @@ from medseg.errors import MedsegError
 MANIFEST_NAMES = ("medseg.yaml", "medseg.yml", "medseg.json", "manifest.yaml", "manifest.yml")
 _MANIFEST_KEYS = {"name", "description", "channels", "labels", "cases", "file_ending"}
 _CASE_KEYS = {"id", "images", "label", "fold", "split"}
+_SPLITS = ("train", "val", "test")
+SPLITS_FILE = "splits_final.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Dataset:
         labels: Label value -> name; 0 is background.
         channels: Channel index -> modality name (``CT``, ``MR``...); decides normalisation.
         problems: Problems found while parsing (duplicate ids...), reported by ``medseg check``.
+        splits: The folder's ``splits_final.json`` (nnU-Net v2 format), when it has one.
     """
 
     name: str
@@ -55,10 +64,20 @@ class Dataset:
     channels: dict[int, str]
     cases: list[Case]
     problems: list[str] = field(default_factory=list)
+    splits: list[dict[str, list[str]]] | None = None
 
     @property
     def labelled(self) -> list[Case]:
         return [c for c in self.cases if c.label is not None]
+
+    @property
+    def trainable(self) -> list[Case]:
+        """Labelled cases that training may use: every labelled case but those with ``split: test``."""
+        return [c for c in self.labelled if c.split != "test"]
+
+    def without_test(self) -> Dataset:
+        """A copy without the ``split: test`` cases: what planning (fingerprint, normalisation) may see."""
+        return replace(self, cases=[c for c in self.cases if c.split != "test"], problems=list(self.problems))
 
     @property
     def foreground_labels(self) -> dict[int, str]:
@@ -128,7 +147,8 @@ def _load_msd(root: Path, data: dict, desc: Path) -> Dataset:
             raise MedsegError(f"training entry {i} has no 'image'", desc)
         label = entry.get("label")
         cases.append(Case(id=_case_id(entry["image"]), images=(_resolve(root, entry["image"]),),
-                          label=_resolve(root, label) if label else None))
+                          label=_resolve(root, label) if label else None,
+                          fold=_fold(entry.get("fold"), desc, f"training entry {i}")))
     channels = _int_keys(data.get("modality", {0: "unknown"}), desc, "modality")
     return _finish(Dataset(name=str(data.get("name", root.name)), root=root, source="msd",
                            labels=_int_keys(data.get("labels", {}), desc, "labels"),
@@ -173,17 +193,84 @@ def _load_manifest(path: Path) -> Dataset:
             raise MedsegError(f"case {i}: unknown key(s) {', '.join(sorted(bad))}", path)
         images = entry["images"] if isinstance(entry["images"], list) else [entry["images"]]
         label = entry.get("label")
+        split = str(entry["split"]) if entry.get("split") else None
+        if split is not None and split not in _SPLITS:
+            raise MedsegError(f"case {i}: split '{split}' is not one of {', '.join(_SPLITS)}", path)
+        if split is not None and entry.get("fold") is not None:
+            raise MedsegError(f"case {i}: give either 'fold' or 'split', not both", path)
         cases.append(Case(
             id=str(entry.get("id") or _case_id(images[0])),
             images=tuple(_resolve(root, p) for p in images),
             label=_resolve(root, label) if label else None,
-            fold=int(entry["fold"]) if entry.get("fold") is not None else None,
-            split=str(entry["split"]) if entry.get("split") else None,
+            fold=_fold(entry.get("fold"), path, f"case {i}"),
+            split=split,
         ))
     return _finish(Dataset(name=str(data.get("name", path.stem)), root=root, source="manifest",
                            labels=_int_keys(data.get("labels", {}), path, "labels"),
                            channels=_int_keys(data.get("channels", {0: "unknown"}), path, "channels"),
                            cases=cases))
+
+
+def _fold(value, where: Path, what: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MedsegError(f"{what}: fold '{value}' is not an integer", where) from None
+
+
+def _read_splits_file(root: Path) -> list[dict[str, list[str]]] | None:
+    """The folder's ``splits_final.json`` as ``[{"train": [...], "val": [...]}]``, or None when absent."""
+    path = root / SPLITS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise MedsegError(f"cannot parse ({' '.join(str(exc).split())[:200]})", path) from None
+    shape_ok = isinstance(data, list) and data and all(
+        isinstance(f, dict) and set(f) == {"train", "val"} and all(isinstance(f[k], list) for k in f) for f in data)
+    if not shape_ok:
+        raise MedsegError('expected a non-empty list of {"train": [case ids], "val": [case ids]}', path)
+    return [{"train": [str(x) for x in f["train"]], "val": [str(x) for x in f["val"]]} for f in data]
+
+
+def _split_problems(dataset: Dataset) -> list[str]:
+    """Contradictions in the dataset's split declarations (each one blocks training)."""
+    trainable = dataset.trainable
+    folds = [c.fold for c in trainable if c.fold is not None]
+    val = [c.id for c in trainable if c.split == "val"]
+    problems = []
+    if dataset.splits is not None:
+        if folds or val:
+            problems.append(f"{SPLITS_FILE} and case folds or 'split: val' both decide the splits; keep one")
+        problems += _splits_file_problems(dataset.splits, {c.id for c in trainable},
+                                          {c.id for c in dataset.cases if c.split == "test"})
+    elif folds and val:
+        problems.append("cases give both 'fold' and 'split: val'; use one way of splitting")
+    if folds and len(folds) < len(trainable):
+        problems.append(f"{len(trainable) - len(folds)} of {len(trainable)} labelled training cases have no fold")
+    if folds and sorted(set(folds)) != list(range(len(set(folds)))):
+        problems.append(f"fold values {sorted(set(folds))} are not numbered 0..N-1")
+    if val and len(val) == len(trainable):
+        problems.append("every labelled training case has 'split: val'; none is left to train on")
+    return problems
+
+
+def _splits_file_problems(splits: list[dict[str, list[str]]], known: set[str], test: set[str]) -> list[str]:
+    problems = []
+    for n, fold in enumerate(splits):
+        named = set(fold["train"]) | set(fold["val"])
+        if leaked := sorted(named & test):
+            problems.append(f"{SPLITS_FILE} fold {n} uses test case(s) {leaked[:5]}")
+        if unknown := sorted(named - known - test):
+            problems.append(f"{SPLITS_FILE} fold {n} names case(s) {unknown[:5]} that are not labelled cases")
+        if both := sorted(set(fold["train"]) & set(fold["val"])):
+            problems.append(f"{SPLITS_FILE} fold {n} has case(s) {both[:5]} in both train and val")
+        if not fold["train"] or not fold["val"]:
+            problems.append(f"{SPLITS_FILE} fold {n} has an empty train or val list")
+    return problems
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -203,4 +290,6 @@ def _finish(dataset: Dataset) -> Dataset:
         dataset.problems.append("labels do not declare 0 (background)")
     if not dataset.cases:
         dataset.problems.append("no cases")
+    dataset.splits = _read_splits_file(dataset.root)
+    dataset.problems += _split_problems(dataset)
     return dataset

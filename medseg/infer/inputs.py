@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.io.volume_io import image_stem, image_suffix
+from medseg.io.paths import image_stem, image_suffix
 
 
 @dataclass
@@ -36,17 +35,9 @@ class SeriesFilter:
             return f"modality {series.modality or '?'} (selected: {self.modality})"
         if self.description and not re.search(self.description, series.description, re.IGNORECASE):
             return f"description does not match '{self.description}'"
-        if len(series.slices) < self.min_slices:
-            return f"{len(series.slices)} slices (minimum {self.min_slices})"
+        if series.depth < self.min_slices:
+            return f"{series.depth} slices (minimum {self.min_slices})"
         return ""
-
-
-def series_case_id(series) -> str:
-    """Stable, non-identifying id: series number and a short hash of the SeriesInstanceUID."""
-    digest = hashlib.sha256(series.uid.encode()).hexdigest()[:8]
-    number = f"s{series.series_number}_" if series.series_number is not None else ""
-    part = series.split_part.replace(".", "p")
-    return f"{number}{digest}{part}"
 
 
 def discover(path: str | Path, series_filter: SeriesFilter | None = None) -> tuple[list[InputCase], list[str]]:
@@ -82,7 +73,7 @@ def _from_dataset(path: Path) -> list[InputCase]:
 
 def _from_dicom(path: Path, series_filter: SeriesFilter) -> tuple[list[InputCase], list[str]]:
     from medseg.io.dicom import scan_dicom
-    from medseg.io.naming import safe_token
+    from medseg.io.naming import safe_token, series_id
 
     scan = scan_dicom(path)
     cases, skipped = [], []
@@ -93,7 +84,7 @@ def _from_dicom(path: Path, series_filter: SeriesFilter) -> tuple[list[InputCase
             continue
         number = series.series_number if series.series_number is not None else f"#{series.index}"
         label = f"series {number} {safe_token(series.description)}".strip()
-        cases.append(InputCase(id=series_case_id(series), series=series, description=label))
+        cases.append(InputCase(id=series_id(series), series=series, description=label))
     reasons: dict[str, int] = {}
     for _, reason in scan.skipped:
         reasons[reason] = reasons.get(reason, 0) + 1

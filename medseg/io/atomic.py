@@ -25,7 +25,9 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     if not overwrite and path.exists():
         raise MedsegError("output exists (use --overwrite to replace it)", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise MedsegError("output path is a folder; expected a file name", path)
+    make_output_dir(path.parent)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:40]}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
@@ -34,10 +36,42 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp's 0600 would hide results from colleagues
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def make_output_dir(folder: str | Path) -> Path:
+    """Create ``folder`` (and parents) for outputs.
+
+    Raises:
+        MedsegError: when it, or a folder above it, is an existing file (a mistyped output path).
+    """
+    folder = Path(folder)
+    for part in [folder, *folder.parents]:
+        if part.exists() and not part.is_dir():
+            raise MedsegError(f"output folder expected, but {part} is an existing file", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedsegError(f"cannot create the output folder ({exc.strerror or type(exc).__name__})", folder) from None
+    return folder
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, overwrite: bool = True) -> None:

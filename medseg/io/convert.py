@@ -1,13 +1,15 @@
-"""DICOM folder -> one NIfTI per series."""
+"""DICOM folder -> one NIfTI per series, each with a JSON sidecar proving which series it holds."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.io.atomic import make_output_dir, write_text_atomic
 from medseg.io.dicom import read_series, scan_dicom
-from medseg.io.naming import series_file_stem
+from medseg.io.naming import safe_token, series_digest, series_file_stem
 from medseg.io.volume_io import write_volume
 
 
@@ -18,27 +20,56 @@ class Converted:
     series: str
     output: Path | None = None
     error: str | None = None
-    kept: bool = False  # the output existed and was left alone
+    kept: bool = False  # the output existed, holds this series, and was left alone
+    warnings: tuple[str, ...] = ()
 
 
 def convert_dicom_folder(folder: str | Path, out_dir: str | Path, overwrite: bool = False,
                          suffix: str = ".nii.gz") -> list[Converted]:
-    """Convert every series under ``folder`` to ``out_dir/<index>_s<number>_<description><suffix>``.
+    """Convert every series under ``folder`` to ``out_dir/<series id>_<description><suffix>``.
 
-    A refused or undecodable series is reported and the others go on. An existing output is left
-    alone unless ``overwrite``.
+    Names come from the series' identity (series number, hash of the SeriesInstanceUID), never from the
+    order of discovery. Beside each image, ``<stem>.json`` records which series it holds; an existing
+    output is kept only when its sidecar proves it is the same series, and replaced only with
+    ``overwrite``. A refused or failing series is reported in one line and the others go on.
+
+    Raises:
+        MedsegError: when the folder holds no DICOM image series at all.
     """
-    out_dir = Path(out_dir)
-    results = []
-    for series in scan_dicom(folder).series:
-        target = out_dir / (series_file_stem(series.index, series.series_number, series.description) + suffix)
+    scan = scan_dicom(folder)
+    if not scan.series:
+        looked = len(scan.non_dicom) + len(scan.skipped)
+        raise MedsegError(f"no DICOM image series found ({looked} file(s) looked at, none a DICOM image); "
+                          "expected a folder of DICOM files, e.g. a PACS export", folder)
+    out_dir = make_output_dir(out_dir)
+    return [_convert_one(series, out_dir, overwrite, suffix) for series in scan.series]
+
+
+def _convert_one(series, out_dir: Path, overwrite: bool, suffix: str) -> Converted:
+    stem = series_file_stem(series)
+    target, sidecar = out_dir / f"{stem}{suffix}", out_dir / f"{stem}.json"
+    try:
         if target.exists() and not overwrite:
-            results.append(Converted(series.name, output=target, kept=True))
-            continue
-        try:
-            volume = read_series(series)
-            write_volume(volume, target, overwrite=overwrite)
-            results.append(Converted(series.name, output=target))
-        except MedsegError as exc:
-            results.append(Converted(series.name, error=str(exc)))
-    return results
+            if _holds(sidecar, series):
+                return Converted(series.name, output=target, kept=True)
+            raise MedsegError("output exists but its sidecar does not show it holds this series; "
+                              "use --overwrite or another output folder", target)
+        volume = read_series(series)
+        write_volume(volume, target, overwrite=overwrite)
+        record = {"series_sha256": series_digest(series), "series_number": series.series_number,
+                  "description": safe_token(series.description, 64), "modality": series.modality,
+                  "shape": list(volume.spatial_shape), "warnings": volume.meta.get("warnings", [])}
+        write_text_atomic(sidecar, json.dumps(record, indent=1))
+        return Converted(series.name, output=target, warnings=tuple(record["warnings"]))
+    except MedsegError as exc:
+        return Converted(series.name, error=str(exc))
+    except Exception as exc:  # one broken series must never stop the others
+        text = " ".join(str(exc).split())[:200]
+        return Converted(series.name, error=f"{series.name}: unexpected {type(exc).__name__}: {text}")
+
+
+def _holds(sidecar: Path, series) -> bool:
+    try:
+        return json.loads(sidecar.read_text()).get("series_sha256") == series_digest(series)
+    except (OSError, ValueError, AttributeError):
+        return False

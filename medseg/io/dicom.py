@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.io.dicom_files import open_dicom
 from medseg.io.dicom_series import DicomSeries, FolderScan, scan_folder
 from medseg.io.memory import check_fits
 from medseg.io.nifti import _why
@@ -29,13 +30,16 @@ def read_series(series: DicomSeries) -> Volume:
     if series.problems:
         raise MedsegError(f"{series.name}: {series.problems[0]}", folder)
     check_fits(series.shape, 4 + 2, folder, what=f"{series.name} volume")
-    volume = np.empty(series.shape, dtype=np.float32)
-    for k, item in enumerate(series.slices):
-        volume[:, :, k] = _decode_slice(item.path, series).T
+    if series.frames:
+        volume = _decode_multiframe(series)
+    else:
+        volume = np.empty(series.shape, dtype=np.float32)
+        for k, item in enumerate(series.slices):
+            volume[:, :, k] = _decode_slice(item.path, series).T
     meta = {
         "source": str(folder), "format": "dicom", "modality": series.modality,
         "description": series.description, "series_number": series.series_number,
-        "series_uid": series.uid, "source_files": [str(p) for p in series.files], "warnings": [],
+        "series_uid": series.uid, "source_files": [str(p) for p in series.files], "warnings": list(series.notes),
     }
     return Volume(array=volume, affine=series.affine, meta=meta)
 
@@ -68,21 +72,37 @@ def scan_dicom(folder: str | Path) -> FolderScan:
 
 
 def _decode_slice(path: Path, series: DicomSeries) -> np.ndarray:
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(path)
+        ds = open_dicom(path)
+        if ds is None:
+            raise ValueError("no longer a readable DICOM file")
         pixels = ds.pixel_array
-    except Exception as exc:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except Exception as exc:  # decoders raise many types for damaged codestreams
         raise MedsegError(f"{series.name}: pixel data cannot be decoded ({_why(exc)})", path) from None
     if pixels.shape != (series.rows, series.columns):
         raise MedsegError(f"{series.name}: pixel array {pixels.shape} does not match Rows x Columns "
                           f"{(series.rows, series.columns)}", path)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
     out = pixels.astype(np.float32)
     if slope != 1.0:
         out *= np.float32(slope)
     if intercept != 0.0:
         out += np.float32(intercept)
     return out
+
+
+def _decode_multiframe(series: DicomSeries) -> np.ndarray:
+    """``(X, Y, Z)`` float32 of an enhanced multi-frame image (highdicom sorts the frames and applies the
+    modality transform), frames in the order :mod:`medseg.io.dicom_series` planned."""
+    import highdicom as hd
+
+    path = series.files[0]
+    try:
+        frames = hd.Image.from_dataset(open_dicom(path), copy=False).get_volume(dtype=np.float32).array
+    except Exception as exc:
+        raise MedsegError(f"{series.name}: pixel data cannot be decoded ({_why(exc)})", path) from None
+    if frames.shape != (series.frames, series.rows, series.columns):
+        raise MedsegError(f"{series.name}: decoded frames {frames.shape} differ from the header's geometry", path)
+    volume = frames.transpose(2, 1, 0)
+    return np.ascontiguousarray(volume[:, :, ::-1] if series.flip_frames else volume, dtype=np.float32)

@@ -11,9 +11,11 @@ from medseg.io.atomic import atomic_path
 from medseg.io.geometry import set_sitk_geometry, sitk_to_ras_affine
 from medseg.io.memory import check_fits
 from medseg.io.nifti import _why, to_label_array
+from medseg.io.paths import regular_file_problem
 from medseg.types import Volume
 
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+# Headers are text at the start of the file; their data-file field lies within this many bytes.
+_HEADER_BYTES = 65536
 
 
 def read_itk(path: str | Path, label: bool = False) -> Volume:
@@ -23,6 +25,7 @@ def read_itk(path: str | Path, label: bool = False) -> Volume:
     path = Path(path)
     if not path.exists():
         raise MedsegError("file not found", path)
+    check_data_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -44,6 +47,55 @@ def read_itk(path: str | Path, label: bool = False) -> Volume:
     array = to_label_array(array, path) if label else np.ascontiguousarray(array, dtype=np.float32)
     meta = {"source": str(path), "format": "itk", "warnings": []}
     return Volume(array=array, affine=sitk_to_ras_affine(image), meta=meta)
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse a header whose pixel data lies anywhere but inside the file or beside it.
+
+    ``.mha`` must say ``ElementDataFile = LOCAL``; a ``.mhd`` or a detached NRRD (``data file:``) may name
+    one regular file in the header's own folder: no absolute path, no ``..``, no link leaving the folder,
+    no file lists or patterns. The named file is never opened before this check passes.
+
+    Raises:
+        MedsegError: one line saying why; the named file's content never reaches the message.
+    """
+    name = _data_file_field(path)
+    if name is None or name.upper() == "LOCAL" and not path.name.lower().endswith((".nhdr", ".nrrd")):
+        return
+    if path.name.lower().endswith(".mha"):
+        raise MedsegError("an .mha file must hold its own pixel data (ElementDataFile = LOCAL), but its header "
+                          "names another file; refused", path)
+    if name.upper().startswith("LIST") or "%" in name:
+        raise MedsegError("header names a list or pattern of data files; only one data file beside the header "
+                          "is read", path)
+    if Path(name).is_absolute() or "/" in name or "\\" in name or name in (".", ".."):
+        raise MedsegError("header names a data file outside its own folder; only a file beside the header is read",
+                          path)
+    target = path.parent / name
+    if target.resolve().parent != path.parent.resolve():
+        raise MedsegError("header's data file is a link leading outside the header's folder; refused", path)
+    if problem := regular_file_problem(target):
+        raise MedsegError(f"header's data file {problem}", path)
+
+
+def _data_file_field(path: Path) -> str | None:
+    """The data-file name a MetaImage or NRRD header gives (None when it gives none)."""
+    if problem := regular_file_problem(path):
+        raise MedsegError(problem, path)
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_BYTES)
+    nrrd = head.startswith(b"NRRD")
+    if nrrd:
+        head = head.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    for raw in head.split(b"\n"):
+        line = raw.decode("latin-1").strip()
+        key, sep, value = line.partition(":" if nrrd else "=")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if (nrrd and key in ("data file", "datafile")) or (not nrrd and key == "elementdatafile"):
+            return value.strip()
+    return None
 
 
 def volume_to_sitk(volume: Volume):

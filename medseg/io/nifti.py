@@ -26,8 +26,8 @@ from medseg.types import Volume
 
 log = logging.getLogger("medseg")
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 QFORM_TOLERANCE_MM = 0.05
+_MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}
 
 
 def read_nifti(path: str | Path, label: bool = False) -> Volume:
@@ -50,6 +50,9 @@ def read_nifti(path: str | Path, label: bool = False) -> Volume:
         raise MedsegError("file not found", path) from None
     except Exception as exc:  # nibabel raises many types for damaged headers
         raise MedsegError(f"not a readable NIfTI file ({_why(exc)})", path) from None
+    if img.get_data_dtype().kind not in "biuf":
+        raise MedsegError(f"unsupported voxel type {img.get_data_dtype()} (complex or RGB data); a scan must hold "
+                          "real numbers", path)
     shape = _spatial_first_shape(img.shape, path)
     check_fits(img.shape, img.get_data_dtype().itemsize + 4, path)
     affine, warnings = _choose_affine(img, path)
@@ -135,11 +138,30 @@ def _choose_affine(img, path: Path) -> tuple[np.ndarray, list[str]]:
     elif qcode and qcode > 0:
         affine = qform
     else:
+        zooms = np.asarray(header["pixdim"][1:4], float)
+        if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+            raise MedsegError(f"no sform or qform, and pixdim {tuple(float(z) for z in zooms)} has a zero, negative "
+                              "or invalid voxel size; refusing to guess the geometry", path)
         affine = header.get_base_affine()
         warnings.append("no sform or qform code set; orientation unknown, using voxel sizes only")
+    affine = _to_mm(np.asarray(affine, dtype=np.float64), header, path, warnings)
     for text in warnings:
         log.warning("%s: %s", path, text)
     return np.asarray(affine, dtype=np.float64), warnings
+
+
+def _to_mm(affine: np.ndarray, header, path: Path, warnings: list[str]) -> np.ndarray:
+    """Scale an affine given in metres or microns (``xyzt_units``) to mm; unknown units are taken as mm."""
+    unit = header.get_xyzt_units()[0]
+    if unit in ("mm", "unknown"):
+        return affine
+    factor = _MM_PER_UNIT.get(unit)
+    if factor is None:
+        raise MedsegError(f"spatial unit '{unit}' cannot be converted to mm", path)
+    warnings.append(f"spatial unit is {unit}; converted to mm (x {factor:g})")
+    scaled = affine.copy()
+    scaled[:3, :] *= factor
+    return scaled
 
 
 def _corner_distance(a: np.ndarray, b: np.ndarray, shape) -> float:

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.io.dicom import read_dicom_folder
-from medseg.io.itk import ITK_SUFFIXES, read_itk, write_itk
-from medseg.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
+from medseg.io.itk import read_itk, write_itk
+from medseg.io.nifti import read_nifti, write_nifti
+from medseg.io.paths import ITK_SUFFIXES, NIFTI_SUFFIXES, WRITE_SUFFIXES, image_suffix, regular_file_problem
 from medseg.types import Volume
 
-WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-
-
-def image_suffix(path: str | Path) -> str:
-    """Lower-case image suffix, e.g. ``.nii.gz``; empty for a folder or unknown file."""
-    name = Path(path).name.lower()
-    for suffix in NIFTI_SUFFIXES[::-1] + ITK_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def image_stem(path: str | Path) -> str:
-    """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``."""
-    name, suffix = Path(path).name, image_suffix(path)
-    return name[: -len(suffix)] if suffix else name
+log = logging.getLogger("medseg")
 
 
 def read_volume(path: str | Path, label: bool = False) -> Volume:
@@ -40,16 +29,30 @@ def read_volume(path: str | Path, label: bool = False) -> Volume:
     """
     path = Path(path)
     if path.is_dir():
-        return read_dicom_folder(path)
-    suffix = image_suffix(path)
-    if suffix in NIFTI_SUFFIXES:
-        return read_nifti(path, label=label)
-    if suffix in ITK_SUFFIXES:
-        return read_itk(path, label=label)
+        return _warn_non_finite(read_dicom_folder(path))
     if not path.exists():
         raise MedsegError("file not found", path)
+    if problem := regular_file_problem(path):
+        raise MedsegError(problem, path)
+    suffix = image_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _warn_non_finite(read_nifti(path, label=label))
+    if suffix in ITK_SUFFIXES:
+        return _warn_non_finite(read_itk(path, label=label))
     raise MedsegError("unknown image format (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder)",
                       path)
+
+
+def _warn_non_finite(volume: Volume) -> Volume:
+    """Record (and log) NaN or infinite voxels: preprocessing replaces them by the lowest finite value."""
+    if volume.array.dtype.kind == "f":
+        bad = int(volume.array.size - np.count_nonzero(np.isfinite(volume.array)))
+        if bad:
+            text = (f"{bad} NaN or infinite voxel(s); segmentation treats them as the image's lowest finite "
+                    "value")
+            volume.meta.setdefault("warnings", []).append(text)
+            log.warning("%s: %s", volume.meta.get("source", "image"), text)
+    return volume
 
 
 def write_volume(volume: Volume, path: str | Path, overwrite: bool = False, label: bool | None = None) -> Path:

@@ -11,7 +11,8 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_csv_atomic, write_text_atomic
 from medseg.io.geometry import grid_mismatch
-from medseg.io.volume_io import image_stem, image_suffix, read_volume
+from medseg.io.paths import image_stem, image_suffix
+from medseg.io.volume_io import read_volume
 from medseg.metrics.lesions import lesion_detection
 from medseg.metrics.overlap import dice, iou, volume_mm3
 from medseg.metrics.surface import surface_metrics

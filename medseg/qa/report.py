@@ -114,7 +114,7 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
 
 
 def _truth_paths(gt: Path) -> dict[str, Path]:
-    from medseg.io.volume_io import image_stem, image_suffix
+    from medseg.io.paths import image_stem, image_suffix
 
     if gt.is_dir() and not (gt / "dataset.json").exists() and not list(gt.glob("*.yaml")):
         return {image_stem(p): p for p in gt.iterdir() if image_suffix(p)}

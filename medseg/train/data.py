@@ -1,4 +1,11 @@
-"""Training data: refuse bad datasets, plan once per run folder, preprocess with an on-disk cache."""
+"""Training data: refuse bad datasets, plan once per run folder, preprocess with an on-disk cache.
+
+Label maps are cached as *class indices*: label value ``sorted(plan["labels"])[i]`` becomes ``i``, so the
+network's ``K`` output channels, the loss, patch sampling and validation all work on ``0..K-1`` whatever
+the label values are (``0, 5, 7`` trains as ``0, 1, 2``). Inference maps indices back to values
+(:func:`medseg.preprocess.restore_labels`). For labels ``0..K-1`` indices and values are the same.
+Test cases (``split: test``) are left out of planning as well as training.
+"""
 
 from __future__ import annotations
 
@@ -25,18 +32,19 @@ def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
             echo(str(problem))
         raise MedsegError(f"dataset has {len(report.errors)} error(s) (listed above); training not started",
                           dataset.root)
-    if not dataset.labelled:
-        raise MedsegError("dataset has no labelled cases", dataset.root)
+    if not dataset.trainable:
+        raise MedsegError("dataset has no labelled cases to train on (test cases are never trained on)",
+                          dataset.root)
 
 
 def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo) -> tuple[dict, dict]:
-    """Plan and fingerprint of the run folder, computed and saved on the first call."""
+    """Plan and fingerprint of the run folder, computed (without test cases) and saved on the first call."""
     from medseg.preprocess import fingerprint, make_plan
 
     plan_path, fp_path = out / "plan.json", out / "fingerprint.json"
     if plan_path.exists() and fp_path.exists():
         return _int_labels(json.loads(plan_path.read_text())), json.loads(fp_path.read_text())
-    fp = fingerprint(dataset)
+    fp = fingerprint(dataset.without_test())
     plan = make_plan(fp, dataset.channels, dataset.labels, config)
     write_text_atomic(fp_path, json.dumps(fp, indent=1))
     write_text_atomic(plan_path, json.dumps(plan, indent=1))
@@ -56,24 +64,50 @@ def _int_labels(plan: dict) -> dict:
 
 
 def prepare_cases(dataset: Dataset, ids, plan: dict, cache: Path, echo) -> tuple[list, list]:
-    """Preprocessed ``(images, labels)`` for ``ids``, from ``cache`` when already done."""
+    """Preprocessed ``(images, labels)`` for ``ids``, from ``cache`` when already done.
+
+    Labels are int16 class indices (see the module docstring); each cache file records the label values
+    its indices stand for, and one that does not match the plan (or predates indices) is redone.
+    """
     from medseg.preprocess import preprocess
     from medseg.preprocess.io import load_case
 
     by_id = {c.id: c for c in dataset.cases}
+    values = np.asarray(sorted(int(v) for v in plan["labels"]))
     images, labels = [], []
     for case_id in ids:
         path = cache / f"{case_id}.npz"
-        if path.exists():
-            with np.load(path) as data:
-                images.append(data["image"])
-                labels.append(data["label"])
-            continue
-        image, label = load_case(by_id[case_id])
-        data, lab, _ = preprocess(image, label, plan)
-        buffer = io.BytesIO()
-        np.savez(buffer, image=data, label=lab)
-        write_bytes_atomic(path, buffer.getvalue())
-        images.append(data)
-        labels.append(lab)
+        cached = _read_cache(path, values)
+        if cached is None:
+            image, label = load_case(by_id[case_id])
+            data, lab, _ = preprocess(image, label, plan)
+            cached = data, label_classes(lab, values, by_id[case_id].label)
+            buffer = io.BytesIO()
+            np.savez(buffer, image=cached[0], label=cached[1], label_values=values)
+            write_bytes_atomic(path, buffer.getvalue())
+        images.append(cached[0])
+        labels.append(cached[1])
     return images, labels
+
+
+def _read_cache(path: Path, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        if "label_values" not in data.files or not np.array_equal(data["label_values"], values):
+            return None
+        return data["image"], data["label"]
+
+
+def label_classes(label: np.ndarray, values, where: Path | None = None) -> np.ndarray:
+    """Label values -> int16 class indices: each value's position in ``sorted(values)``.
+
+    Raises:
+        MedsegError: when ``label`` holds a value that is not among ``values``.
+    """
+    table = np.asarray(sorted(int(v) for v in values))
+    index = np.searchsorted(table, label).clip(0, len(table) - 1)
+    if not np.array_equal(table[index], label):
+        unknown = sorted(set(np.unique(label).tolist()) - set(table.tolist()))
+        raise MedsegError(f"label value(s) {unknown} not among the declared labels {table.tolist()}", where)
+    return index.astype(np.int16)

@@ -72,13 +72,16 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, sca
 
 
 def validate(net, images, labels, plan, device, dtype, mirror: bool = False) -> dict[int, list[float]]:
-    """Dice per foreground class for each validation case (in preprocessed space): ``{class: [dice...]}``."""
-    classes = sorted(k for k in plan["labels"] if int(k) != 0)
+    """Dice per foreground class for each validation case (in preprocessed space).
+
+    ``labels`` are class indices, as :func:`medseg.train.data.prepare_cases` caches them; the scores are
+    keyed by label value: ``{value: [dice...]}``.
+    """
     values = sorted(int(k) for k in plan["labels"])
-    scores: dict[int, list[float]] = {int(k): [] for k in classes}
+    foreground = [i for i, v in enumerate(values) if v != 0]
+    scores: dict[int, list[float]] = {values[i]: [] for i in foreground}
     for image, label in zip(images, labels, strict=True):
         probs = predict_probabilities(net, image, plan["patch_size"], device, dtype, mirror=mirror)
-        pred = np.asarray(values)[probs.argmax(0)]
-        for k, d in dice_per_class(pred, label, classes).items():
-            scores[k].append(d)
+        for i, d in dice_per_class(probs.argmax(0), label, foreground).items():
+            scores[values[i]].append(d)
     return scores

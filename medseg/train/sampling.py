@@ -1,4 +1,8 @@
-"""Patch sampling with foreground oversampling spread over classes (rare small classes are seen often)."""
+"""Patch sampling with foreground oversampling spread over classes (rare small classes are seen often).
+
+Labels here are class indices ``0..K-1`` (as :func:`medseg.train.data.prepare_cases` caches them), not
+label values: the classes to oversample are ``1..K-1`` whatever the dataset's label values are.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ _LOCATIONS_PER_CLASS = 5000
 
 
 def class_locations(label: np.ndarray, classes, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """Up to 5,000 random voxel coordinates ``(n, 3)`` of each foreground class present in ``label``."""
+    """Up to 5,000 random voxel coordinates ``(n, 3)`` of each class index in ``classes`` present in ``label``."""
     out = {}
     for k in classes:
         coords = np.argwhere(label == k)
@@ -28,8 +32,9 @@ class PatchSampler:
 
     Args:
         images: Per case ``(C, x, y, z)`` float32 arrays.
-        labels: Per case ``(x, y, z)`` integer arrays.
+        labels: Per case ``(x, y, z)`` integer arrays of class indices.
         patch_size: ``(px, py, pz)`` voxels; smaller images are zero-padded.
+        classes: Foreground class indices to oversample (``1..K-1`` for a ``K``-class plan).
     """
 
     def __init__(self, images, labels, patch_size, classes, foreground_fraction: float = 0.33, seed: int = 0):
