@@ -10,11 +10,23 @@ import sys
 import typer
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (it may be replaced, e.g. by tests)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Send medseg's log to stderr as ``medseg: warning: ...`` lines."""
     logger = logging.getLogger("medseg")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("medseg: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.io.paths import image_stem, image_suffix
 
 MANIFEST_NAMES = ("medseg.yaml", "medseg.yml", "medseg.json", "manifest.yaml", "manifest.yml")
 _MANIFEST_KEYS = {"name", "description", "channels", "labels", "cases", "file_ending"}
@@ -94,6 +95,12 @@ def load_dataset(path: str | Path) -> Dataset:
     if not path.exists():
         raise MedsegError("dataset not found", path)
     if path.is_file():
+        if image_suffix(path):
+            raise MedsegError("this is an image, not a dataset; expected an MSD or nnU-Net folder (with "
+                              "dataset.json) or a manifest (.yaml/.json); `medseg info` describes an image", path)
+        if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise MedsegError("not a dataset: expected an MSD or nnU-Net folder (with dataset.json) or a manifest "
+                              "(.yaml, .yml or .json)", path)
         return _load_manifest(path)
     for name in MANIFEST_NAMES:
         if (path / name).is_file():
@@ -132,21 +139,13 @@ def _int_keys(mapping, where: Path, what: str) -> dict[int, str]:
         raise MedsegError(f"'{what}' keys must be integers", where) from None
 
 
-def _case_id(image: str) -> str:
-    name = Path(image).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _load_msd(root: Path, data: dict, desc: Path) -> Dataset:
     cases = []
     for i, entry in enumerate(data.get("training") or []):
         if not isinstance(entry, dict) or "image" not in entry:
             raise MedsegError(f"training entry {i} has no 'image'", desc)
         label = entry.get("label")
-        cases.append(Case(id=_case_id(entry["image"]), images=(_resolve(root, entry["image"]),),
+        cases.append(Case(id=image_stem(entry["image"]), images=(_resolve(root, entry["image"]),),
                           label=_resolve(root, label) if label else None,
                           fold=_fold(entry.get("fold"), desc, f"training entry {i}")))
     channels = _int_keys(data.get("modality", {0: "unknown"}), desc, "modality")
@@ -199,7 +198,7 @@ def _load_manifest(path: Path) -> Dataset:
         if split is not None and entry.get("fold") is not None:
             raise MedsegError(f"case {i}: give either 'fold' or 'split', not both", path)
         cases.append(Case(
-            id=str(entry.get("id") or _case_id(images[0])),
+            id=str(entry.get("id") or image_stem(images[0])),
             images=tuple(_resolve(root, p) for p in images),
             label=_resolve(root, label) if label else None,
             fold=_fold(entry.get("fold"), path, f"case {i}"),

@@ -138,7 +138,7 @@ def _choose_affine(img, path: Path) -> tuple[np.ndarray, list[str]]:
     elif qcode and qcode > 0:
         affine = qform
     else:
-        zooms = np.asarray(header["pixdim"][1:4], float)
+        zooms = _stored_pixdim(img)
         if not (np.isfinite(zooms).all() and (zooms > 0).all()):
             raise MedsegError(f"no sform or qform, and pixdim {tuple(float(z) for z in zooms)} has a zero, negative "
                               "or invalid voxel size; refusing to guess the geometry", path)
@@ -148,6 +148,19 @@ def _choose_affine(img, path: Path) -> tuple[np.ndarray, list[str]]:
     for text in warnings:
         log.warning("%s: %s", path, text)
     return np.asarray(affine, dtype=np.float64), warnings
+
+
+def _stored_pixdim(img) -> np.ndarray:
+    """Voxel sizes as the file stores them: nibabel's loader silently turns zero pixdims into 1 mm."""
+    import nibabel as nib
+
+    try:
+        holder = img.file_map.get("header") or img.file_map["image"]
+        with holder.get_prepare_fileobj("rb") as fh:
+            raw = nib.Nifti1Header.from_fileobj(fh, check=False)
+        return np.asarray(raw["pixdim"][1:4], float)
+    except Exception:  # unusual file maps: fall back to the (possibly repaired) loaded header
+        return np.asarray(img.header["pixdim"][1:4], float)
 
 
 def _to_mm(affine: np.ndarray, header, path: Path, warnings: list[str]) -> np.ndarray:
