@@ -219,3 +219,31 @@ def test_colour_images_are_refused_as_colour(data_path, tmp_path):
         ds.save_as(path)
     with pytest.raises(MedsegError, match="colour image"):
         read_dicom_folder(tmp_path / "s")
+
+
+def test_convert_names_follow_series_identity_not_discovery_order(data_path, tmp_path):
+    study, out = tmp_path / "study", tmp_path / "out"
+    t1 = data_path("dicom/brain_mr_study/11-T1post-18670")
+    shutil.copytree(t1, study / "zz_t1")
+    assert runner.invoke(app, ["convert", str(study), str(out)]).exit_code == 0
+    (first,) = out.glob("*.nii.gz")
+    before = first.read_bytes()
+    older = _copy(data_path("dicom/brain_mr_study/36468-FLAIRreg-58706"), study / "aa_older")
+    for path in older:  # an older study whose series has the same number, found first on disk
+        _edit(path, SeriesNumber=11)
+    again = runner.invoke(app, ["convert", str(study), str(out)])
+    assert again.exit_code == 0 and "same series, kept" in again.output
+    assert first.read_bytes() == before
+    names = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert len(names) == 2 and all(n.startswith("s11_") for n in names)
+    from medseg.io import read_volume
+
+    for source in (t1, study / "aa_older"):
+        expected = read_dicom_folder(source)
+        (match,) = [p for p in out.glob("*.nii.gz") if np.array_equal(read_volume(p).array, expected.array)]
+        assert np.allclose(read_volume(match).affine, expected.affine, atol=1e-4)
+    sidecar = next(out.glob("*T1post.json"))
+    sidecar.write_text(sidecar.read_text().replace('"series_sha256": "', '"series_sha256": "0'))
+    third = runner.invoke(app, ["convert", str(study), str(out)])
+    assert third.exit_code == 1 and "does not show it holds this series" in third.output
+    assert first.read_bytes() == before

@@ -10,12 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.errors import MedsegError
 from medseg.io import read_volume, scan_dicom, write_volume
-from medseg.io.atomic import write_text_atomic
+from medseg.io.atomic import write_csv_atomic, write_text_atomic
+from medseg.train.checkpoint import save_checkpoint
 
 runner = CliRunner()
 CT = "ct/example_ct_sm.nii.gz"
@@ -159,14 +161,16 @@ def test_outputs_get_the_umask_permissions(data_path, tmp_path, umask, mode):
     try:
         written = [write_volume(volume, tmp_path / "ct.nii.gz"), write_volume(volume, tmp_path / "ct.nrrd")]
         write_text_atomic(tmp_path / "case.json", "{}")
-        written.append(tmp_path / "case.json")
+        write_csv_atomic(tmp_path / "summary.csv", [{"id": "a", "status": "done"}])
+        save_checkpoint(tmp_path / "weights.pt", {"w": torch.zeros(2)})
+        written += [tmp_path / "case.json", tmp_path / "summary.csv", tmp_path / "weights.pt"]
         result = runner.invoke(app, ["convert", str(data_path("dicom/hippocampus_crops/study1")),
                                      str(tmp_path / "converted")])
         assert result.exit_code == 0, result.output
         written += list((tmp_path / "converted").iterdir())
     finally:
         os.umask(old)
-    assert len(written) == 5
+    assert len(written) == 7
     assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {mode}
 
 
