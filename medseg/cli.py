@@ -140,7 +140,8 @@ def train(
 @app.command()
 @one_line_errors
 def infer(
-    model: Path = typer.Argument(..., help="Model folder from `medseg train` (or a folder of fold folders)."),
+    model: Path = typer.Argument(..., help="Model folder from `medseg train` or `medseg export`, its .zip, or a "
+                                 "folder of fold folders."),
     input_path: Path = typer.Argument(..., metavar="INPUT",
                                       help="Image file, folder of images, DICOM folder (any studies), or manifest."),
     out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="Where to write results."),
@@ -159,8 +160,9 @@ def infer(
                                      "(0-based); under torchrun each rank takes its shard automatically."),
 ):
     """Segment every case under INPUT into OUTPUT_DIR: one uint8 NIfTI label map per case on the input's
-    exact grid, a DICOM SEG for DICOM series, a JSON per case and summary.csv. Finished cases are skipped
-    unless --overwrite; a failing case is reported and the rest go on; exit code 1 if any case failed."""
+    exact grid, a DICOM SEG for DICOM series, a JSON per case and summary.csv. A finished case is skipped
+    when the same model and settings made it, else redone (--overwrite redoes all); a failing case is
+    reported and the rest go on; exit code 1 if any case failed."""
     from medseg.infer.batch import InferOptions, run_batch
     from medseg.infer.inputs import SeriesFilter
 
@@ -170,6 +172,22 @@ def infer(
     summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=typer.echo)
     if summary["failed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder from `medseg train` (or a folder of fold "
+                               "folders)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="New folder to write, or a file name ending in .zip."),
+):
+    """Write a copy of a model that is safe to share: weights, plan, config (post-processing rules
+    included), labels, versions, dataset-level statistics and SHA256SUMS. Never the preprocessed training
+    images (cache/), the training checkpoint, the splits or the per-case logs."""
+    from medseg.model.folder import export_model
+
+    model_id = export_model(run, out)
+    typer.echo(f"model {model_id} exported to {out}")
 
 
 @app.command()

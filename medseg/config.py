@@ -81,8 +81,41 @@ class InferConfig:
 
 @dataclass
 class PostprocessConfig:
-    # label value -> {mode: largest|min_size|none, min_volume_mm3: float, fill_holes: bool}
+    """Connected-component rules by label value, e.g. ``{1: {mode: largest, keep: 2}, 2: {mode: min_size,
+    min_volume_mm3: 30}}`` (keys: mode largest | min_size | none, keep, min_volume_mm3, fill_holes; see
+    :class:`medseg.postprocess.ComponentRule`). Checked when the config loads; kept with every key filled in."""
+
     rules: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rules = check_rules(self.rules)
+
+
+def check_rules(rules: dict | None, where: str = "config") -> dict[int, dict]:
+    """Validate post-processing rules; returns them with integer labels and every key filled in.
+
+    Raises:
+        MedsegError: naming the label and the problem (unknown mode or key, bad value), with allowed values.
+    """
+    from dataclasses import asdict
+
+    from medseg.postprocess.components import ComponentRule
+
+    if not isinstance(rules or {}, dict):
+        raise MedsegError(f"{where}: postprocess.rules must map label values to rules, got {rules!r}")
+    checked = {}
+    for key, values in (rules or {}).items():
+        try:
+            label = int(key)
+        except (TypeError, ValueError):
+            label = -1
+        if label < 1 or isinstance(key, bool):
+            raise MedsegError(f"{where}: postprocess.rules: '{key}' is not a foreground label value (1, 2, ...)")
+        try:
+            checked[label] = asdict(ComponentRule.from_dict(values))
+        except MedsegError as exc:
+            raise MedsegError(f"{where}: postprocess.rules.{label}: {exc.problem}") from None
+    return checked
 
 
 @dataclass
@@ -135,6 +168,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
             if key not in known:
                 raise MedsegError(f"{where}: unknown key '{section}.{key}' (known: {', '.join(known)})")
             setattr(target, key, _coerce(value, getattr(target, key), f"{section}.{key}", where))
+    config.postprocess.rules = check_rules(config.postprocess.rules, where)
     return config
 
 

@@ -1,6 +1,7 @@
-"""`medseg infer` end to end: exact output geometry on oblique DICOM, DICOM SEG round trip, skip/overwrite,
-failure isolation and SIGKILL safety."""
+"""`medseg infer` end to end: exact output geometry on oblique DICOM, DICOM SEG round trip, model ids,
+skip/redo/overwrite, failure isolation and SIGKILL safety."""
 
+import csv
 import json
 import os
 import shutil
@@ -9,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medseg.cli import app
@@ -22,6 +25,7 @@ from medseg.infer.predictor import Predictor
 from medseg.io import read_dicom_folder, read_volume, write_volume
 from medseg.io.dicom_write import write_dicom_series
 from medseg.io.seg import read_dicom_seg_labels
+from medseg.model import ModelFolder
 from medseg.train import train
 
 runner = CliRunner()
@@ -71,6 +75,12 @@ def test_dicom_study_outputs_match_input_grid_and_seg_round_trips(model_dir, stu
         assert np.array_equal(back, label.array)
         # Post-processing ran: a single organ component.
         assert record["postprocess"]["1"]["components_after"] <= 1
+        # The SEG names the model that made it, as the JSON and summary.csv do.
+        model_id = ModelFolder(model_dir).model_id
+        assert record["model_id"] == model_id and seg.SoftwareVersions == model_id
+        for segment in seg.SegmentSequence:
+            assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == model_id
+    assert {row["model_id"] for row in _summary(out)} == {model_id}
 
 
 def test_oblique_real_dicom_keeps_exact_geometry(model_dir, data_path, tmp_path):
@@ -99,8 +109,15 @@ def test_skip_overwrite_and_failure_isolation(model_dir, tmp_path):
     stamp = (out / "case0.nii.gz").stat().st_mtime_ns
     again = run_batch(model_dir, folder, out, echo=lambda _: None)
     assert again["skipped"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns == stamp
+    # Skipped cases keep their columns, filled from their JSON.
+    rows = {row["id"]: row for row in _summary(out)}
+    first = json.loads((out / "case0.json").read_text())
+    assert rows["case0"]["status"].startswith("skipped")
+    assert float(rows["case0"]["volume_mm3_organ"]) == first["label_volumes_mm3"]["organ"] > 0
+    assert rows["case0"]["model_id"] == first["model_id"] and rows["broken"]["status"] == "failed"
     redo = run_batch(model_dir, folder, out, InferOptions(overwrite=True), echo=lambda _: None)
     assert redo["done"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns != stamp
+    assert {row["status"] for row in _summary(out)} == {"redone: --overwrite", "failed"}
     assert "failed" in (out / "summary.csv").read_text()
 
 
@@ -160,3 +177,77 @@ def test_dicom_seg_passes_dciodvfy(model_dir, data_path, tmp_path):
     report = result.stdout + result.stderr
     assert "Segmentation" in report
     assert not [line for line in report.splitlines() if line.startswith("Error")], report
+
+
+def _summary(out) -> list[dict]:
+    with open(out / "summary.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def other_seed_dir(model_dir, tmp_path_factory):
+    """The same recipe trained with another seed for fewer epochs."""
+    root = tmp_path_factory.mktemp("other")
+    data = model_dir.parent / "data"
+    train(data, root / "run", load_config(None, TINY + ["train.seed=1", "train.epochs=2"]), echo=lambda _: None)
+    return root / "run"
+
+
+def _retrained_copy(model_dir, dest):
+    """A copy with other weights but byte-identical config and plan (another epoch of the same run)."""
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("cache", "checkpoint_last.pt"))
+    state = torch.load(dest / "weights.pt", weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3
+    torch.save(state, dest / "weights.pt")
+    folder = ModelFolder(dest)
+    folder.write_sha256sums(list(folder.recorded_sums()))
+    return dest
+
+
+def test_models_identify_themselves(model_dir, other_seed_dir, tmp_path):
+    copy = _retrained_copy(model_dir, tmp_path / "copy")
+    assert (copy / "config.yaml").read_bytes() == (model_dir / "config.yaml").read_bytes()
+    ids = {ModelFolder(p).model_id for p in (model_dir, other_seed_dir, copy)}
+    assert len(ids) == 3 and all(len(i) == 16 for i in ids)
+    assert Predictor.from_dir(copy).model_id == ModelFolder(copy).model_id
+
+
+def test_rerun_redoes_results_of_another_model_or_settings(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    for i in range(2):
+        image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=90 + i)
+        write_volume(image, folder / f"case{i}.nii.gz")
+    out = tmp_path / "out"
+    run_batch(model_dir, folder, out, echo=lambda _: None)
+    other = _retrained_copy(model_dir, tmp_path / "other")
+    lines = []
+    summary = run_batch(other, folder, out, echo=lines.append)
+    assert summary["done"] == summary["redone"] == 2 and summary["skipped"] == 0
+    assert {row["status"] for row in _summary(out)} == {"redone: model changed"}
+    assert any("(redone: model changed)" in line for line in lines)
+    assert json.loads((out / "case0.json").read_text())["model_id"] == ModelFolder(other).model_id
+    assert run_batch(other, folder, out, echo=lambda _: None)["skipped"] == 2
+    changed = run_batch(other, folder, out, InferOptions(overlap=0.25), echo=lambda _: None)
+    assert changed["redone"] == 2
+    assert {row["status"] for row in _summary(out)} == {"redone: settings changed (overlap)"}
+    assert json.loads((out / "case1.json").read_text())["settings"]["overlap"] == 0.25
+    asked = run_batch(other, folder, out, InferOptions(overlap=0.25, save_probabilities=True), echo=lambda _: None)
+    assert asked["redone"] == 2 and (out / "case0_probabilities.nii.gz").exists()
+
+
+def test_input_warnings_are_recorded_and_printed(model_dir, tmp_path):
+    image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=95)
+    img = nib.Nifti1Image(image.array, image.affine)
+    img.set_sform(image.affine, code=1)
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 7.0
+    img.set_qform(shifted, code=1)
+    (tmp_path / "in").mkdir()
+    nib.save(img, tmp_path / "in" / "odd.nii.gz")
+    lines = []
+    run_batch(model_dir, tmp_path / "in", tmp_path / "out", echo=lines.append)
+    record = json.loads((tmp_path / "out" / "odd.json").read_text())
+    assert any("disagree" in w for w in record["warnings"])
+    assert any(line.startswith("warning: odd: sform and qform disagree") for line in lines)
+    assert "disagree" in _summary(tmp_path / "out")[0]["warnings"]

@@ -32,11 +32,14 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
               precision: str = "auto", echo: Callable[[str], None] = print) -> dict:
     """Segment every case under ``input_path`` into ``out_dir``.
 
-    A case is done when its ``<id>.json`` exists (written last); done cases are skipped unless
-    ``overwrite``. A failing case is reported in one line and the rest go on.
+    A case is done when its ``<id>.json`` exists (written last). A done case is skipped only when that
+    JSON names this model (its id) and the same result-changing settings (mirroring, overlap,
+    post-processing rules) and lists every output asked for; otherwise it is redone and its status says
+    why. ``overwrite`` redoes every case. A failing case is reported in one line and the rest go on.
 
     Returns:
-        Summary with counts (``done``, ``skipped``, ``failed``), total seconds and the CSV path.
+        Summary with counts (``done``, of which ``redone``; ``skipped``, ``failed``), total seconds and the
+        CSV path.
     """
     from tqdm import tqdm
 
@@ -59,20 +62,23 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
             raise MedsegError(f"shard {index}/{count}: the index must be 0..{count - 1}")
         cases = sorted(cases, key=lambda c: c.id)[index::count]
     predictor = Predictor.from_dir(model_dir, device=str(dev), precision=precision)
+    settings = predictor.settings(options.mirror, options.overlap)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # left by a run that was killed mid-write
     rows = []
     for case in tqdm(cases, desc="cases", unit="case", disable=None):
-        done_marker = out / f"{case.id}.json"
-        if done_marker.exists() and not options.overwrite:
-            rows.append({"id": case.id, "status": "skipped (done; --overwrite to redo)"})
+        previous = _read_record(out / f"{case.id}.json")
+        reason = "" if previous is None else redo_reason(previous, predictor.model_id, settings, options, case)
+        if previous is not None and not reason:
+            rows.append(summary_row(previous, "skipped (done; --overwrite to redo)"))
             continue
-        t0 = time.perf_counter()
         try:
             record = segment_case(predictor, case, out, options)
-            rows.append({"id": case.id, "status": "ok", "seconds": round(time.perf_counter() - t0, 2),
-                         **{f"volume_mm3_{k}": v for k, v in record["label_volumes_mm3"].items()}})
-            echo(f"{case.id} ({case.description}): ok in {time.perf_counter() - t0:.1f} s")
+            rows.append(summary_row(record, f"redone: {reason}" if reason else "ok"))
+            for text in record["warnings"]:
+                echo(f"warning: {case.id}: {text}")
+            echo(f"{case.id} ({case.description}): ok in {record['seconds']:.1f} s"
+                 + (f" (redone: {reason})" if reason else ""))
         except MedsegError as exc:
             rows.append({"id": case.id, "status": "failed", "error": str(exc)})
             echo(f"error: {case.id}: {exc}")
@@ -86,14 +92,54 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
         ctx.barrier()
         rows = merge_shard_summaries(out, shard[1])
         shutdown(ctx)
-    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("ok", "skipped", "failed")}
+    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("ok", "redone", "skipped", "failed")}
     total = time.perf_counter() - start
     if ctx.main:
         write_csv_atomic(summary_path, rows)
-        echo(f"{counts['ok']} segmented, {counts['skipped']} skipped, {counts['failed']} failed in {total:.1f} s; "
-             f"summary in {summary_path}")
-    return {"done": counts["ok"], "skipped": counts["skipped"], "failed": counts["failed"], "seconds": total,
-            "summary": str(summary_path)}
+        redone = f" ({counts['redone']} redone)" if counts["redone"] else ""
+        echo(f"{counts['ok'] + counts['redone']} segmented{redone}, {counts['skipped']} skipped, "
+             f"{counts['failed']} failed in {total:.1f} s; model {predictor.model_id}; summary in {summary_path}")
+    return {"done": counts["ok"] + counts["redone"], "redone": counts["redone"], "skipped": counts["skipped"],
+            "failed": counts["failed"], "seconds": total, "summary": str(summary_path)}
+
+
+def _read_record(path: Path) -> dict | None:
+    """The case JSON of an earlier run; ``{}`` when unreadable (so the case is redone), None when absent."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def redo_reason(record: dict, model_id: str, settings: dict, options: InferOptions, case: InputCase) -> str:
+    """Why an earlier result must be redone (empty: it still holds and is skipped)."""
+    if options.overwrite:
+        return "--overwrite"
+    if "outputs" not in record:
+        return "earlier result unreadable"
+    if record.get("model_id") != model_id:
+        return "model changed"
+    earlier = record.get("settings") or {}
+    if changed := [k for k in settings if earlier.get(k) != settings[k]]:
+        return f"settings changed ({', '.join(changed)})"
+    wanted = ["label"] + (["probabilities"] if options.save_probabilities else [])
+    wanted += ["dicom_seg"] if options.dicom_seg and case.series is not None else []
+    if missing := [k for k in wanted if k not in record["outputs"]]:
+        return f"{', '.join(missing)} asked for"
+    if any(not Path(p).exists() for p in record["outputs"].values()):
+        return "output file missing"
+    return ""
+
+
+def summary_row(record: dict, status: str) -> dict:
+    """A ``summary.csv`` row from a case JSON (fresh or from an earlier run)."""
+    return {"id": record["id"], "status": status, "model_id": record.get("model_id"),
+            "seconds": record.get("seconds"),
+            **{f"volume_mm3_{k}": v for k, v in record.get("label_volumes_mm3", {}).items()},
+            "warnings": " | ".join(record.get("warnings", []))}
 
 
 def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -> dict:
@@ -126,7 +172,9 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     volumes = {name: float((label.array == value).sum()) * voxel_mm3
                for value, name in predictor.labels.items() if value != 0}
     record = {
-        "id": case.id, "model_id": predictor.model_id, "outputs": outputs, "label_volumes_mm3": volumes,
+        "id": case.id, "model_id": predictor.model_id,
+        "settings": predictor.settings(options.mirror, options.overlap), "outputs": outputs,
+        "label_volumes_mm3": volumes, "warnings": [str(w) for w in volume.meta.get("warnings", [])],
         "labels": {str(k): v for k, v in predictor.labels.items()}, "model_dir": str(predictor.model_dir),
         "input": {"path": _source_path(case),
                   "images": [str(p) for p in case.images],
@@ -135,6 +183,7 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
                   "description": case.description},
         "timings_s": {"read": read_seconds, **prediction.timings, "write": time.perf_counter() - t1},
         "postprocess": {str(k): v for k, v in prediction.postprocess.items()},
+        "seconds": round(time.perf_counter() - t0, 2),
     }
     write_text_atomic(out / f"{case.id}.json", json.dumps(record, indent=1))
     return record

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg.io.atomic import atomic_path, write_text_atomic
+from medseg.io.atomic import atomic_path
+from medseg.model.folder import ModelFolder
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -35,21 +35,6 @@ def restore_rng(state: dict, generator: np.random.Generator) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
-def write_sha256sums(folder: Path, names: list[str]) -> None:
-    """Write ``SHA256SUMS`` (sha256sum format) for the named files of ``folder``."""
-    lines = []
-    for name in sorted(names):
-        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        lines.append(f"{digest}  {name}")
-    write_text_atomic(folder / "SHA256SUMS", "\n".join(lines) + "\n")
-
-
 def verify_sha256sums(folder: Path) -> list[str]:
-    """Names whose content no longer matches ``SHA256SUMS`` (or that are missing)."""
-    bad = []
-    for line in (folder / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        path = folder / name.strip()
-        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            bad.append(name.strip())
-    return bad
+    """Names whose content no longer matches ``SHA256SUMS`` (or that are missing); see :class:`ModelFolder`."""
+    return ModelFolder(folder).verify()

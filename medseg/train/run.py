@@ -3,8 +3,8 @@
 The model folder (what ``medseg infer`` loads) holds: ``config.yaml`` (resolved), ``plan.json``,
 ``fingerprint.json``, ``labels.json``, ``splits.json``, ``weights.pt`` (best validation),
 ``checkpoint_last.pt`` (everything needed to resume), ``log.jsonl``, ``validation.json``,
-``versions.json`` and ``SHA256SUMS``. Every file is written atomically, so SIGKILL at any moment leaves
-it consistent.
+``versions.json`` and ``SHA256SUMS`` (see :mod:`medseg.model.folder`; ``medseg export`` copies what
+inference needs). Every file is written atomically, so SIGKILL at any moment leaves it consistent.
 
 Under ``torchrun`` every rank trains on its own patches (DistributedDataParallel averages gradients);
 rank 0 alone plans, preprocesses, writes and logs; validation cases are shared out between ranks.
@@ -24,13 +24,11 @@ import torch
 from medseg.config import RunConfig, config_from_dict, parse_duration, save_config
 from medseg.errors import MedsegError
 from medseg.io.atomic import remove_stale_temporaries, write_text_atomic
-from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_sha256sums
+from medseg.model.folder import ModelFolder
+from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.distributed import Context
 from medseg.train.splits import split_cases
-
-MODEL_FILES = ["config.yaml", "plan.json", "fingerprint.json", "labels.json", "splits.json", "weights.pt",
-               "versions.json", "validation.json", "log.jsonl"]
 
 
 def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
@@ -258,20 +256,10 @@ def _truncate_log(path: Path, epoch: int) -> None:
 
 
 def _finish(out: Path, plan, state, start, echo, final: dict) -> dict:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("medseg", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    write_text_atomic(out / "versions.json", json.dumps(versions, indent=2))
-    write_text_atomic(out / "labels.json", json.dumps({str(k): v for k, v in plan["labels"].items()}, indent=2))
-    write_sha256sums(out, [n for n in MODEL_FILES if (out / n).exists()])
+    model_id = ModelFolder(out).seal(plan["labels"])
     total = time.perf_counter() - start
     summary = {"best_mean_dice": state["best"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
-               "seconds": total, "model_dir": str(out), "validation": final}
+               "seconds": total, "model_dir": str(out), "model_id": model_id, "validation": final}
     echo(f"done: {state['epoch']} epochs in {_clock(total)}; best validation mean Dice {state['best']:.4f} "
-         f"at epoch {state['best_epoch']}; model in {out}")
+         f"at epoch {state['best_epoch']}; model {model_id} in {out} (`medseg export` makes a copy to share)")
     return summary
