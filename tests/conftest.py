@@ -16,6 +16,18 @@ def _data_root() -> Path:
     return Path(os.environ.get("MEDSEG_DATA", ROOT.parent / "shared" / "data")).resolve()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Measured precision decisions go to a temporary cache, never the user's ~/.cache (subprocesses too)."""
+    previous = os.environ.get("MEDSEG_CACHE_DIR")
+    os.environ["MEDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDSEG_CACHE_DIR", None)
+    else:
+        os.environ["MEDSEG_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real public data (read-only); tests that need it skip when it is absent."""

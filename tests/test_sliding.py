@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.infer.sliding import autocast_dtype, predict_probabilities
+from medseg.model.sliding import predict_probabilities
 
 
 @pytest.mark.parametrize("overlap", [0.5, 0.25])
@@ -20,10 +20,3 @@ def test_slabs_match_single_pass(overlap, mirror):
         slabs = predict_probabilities(net, image, [16, 16, 16], torch.device("cpu"), overlap=overlap, mirror=mirror,
                                       max_slab_voxels=slab_voxels)
         assert np.abs(whole.astype(np.float32) - slabs.astype(np.float32)).max() <= 1e-3
-
-
-def test_precision_policy():
-    cpu = torch.device("cpu")
-    assert autocast_dtype("fp32", cpu) is None
-    assert autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)

@@ -17,8 +17,8 @@ from medseg.io import read_volume, write_volume
 from medseg.train import train
 from medseg.train.checkpoint import load_checkpoint, verify_sha256sums
 
-TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10", "train.lr=0.01",
-        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2"]
+TINY = ["train.precision=fp32", "model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10",
+        "train.lr=0.01", "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,27 @@ def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
     assert any("epoch   6" in line and "val Dice organ" in line and "ETA" in line for line in lines)
     with pytest.raises(MedsegError, match="--resume"):
         train(phantoms, out, config)
+    _validation_equals_infer_then_evaluate(phantoms, out, tmp_path)
+
+
+def _validation_equals_infer_then_evaluate(dataset_path, run, tmp_path):
+    """validation.json holds exactly what `medseg infer --tta` + `medseg evaluate` give on the fold's cases."""
+    from medseg.data import load_dataset
+    from medseg.infer.batch import InferOptions, run_batch
+    from medseg.metrics.evaluate import evaluate_folder
+
+    validation = json.loads((run / "validation.json").read_text())
+    val_ids = json.loads((run / "splits.json").read_text())[0]["val"]
+    by_id = {c.id: c for c in load_dataset(dataset_path).cases}
+    (tmp_path / "val").mkdir()
+    for case_id in val_ids:
+        os.symlink(by_id[case_id].images[0], tmp_path / "val" / f"{case_id}.nii.gz")
+    options = InferOptions(mirror=validation["mirror"], dicom_seg=False)
+    run_batch(run, tmp_path / "val", tmp_path / "pred", options, precision="fp32", echo=lambda _: None)
+    rows = evaluate_folder(tmp_path / "pred", dataset_path, tmp_path / "eval", echo=lambda _: None)["rows"]
+    assert sorted(validation["cases"]) == sorted(val_ids) and len(rows) == 2 * len(val_ids)
+    for row in rows:
+        assert abs(validation["cases"][row["case"]][row["label"]] - row["dice"]) < 1e-6, row
 
 
 def test_bad_dataset_is_refused_listing_every_problem(phantoms, tmp_path):

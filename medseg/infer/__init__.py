@@ -1,5 +1,6 @@
-"""Inference: sliding-window prediction (the full `medseg infer` command is a later issue)."""
+"""Inference: load a model (:class:`Predictor`), find the cases in a folder, DICOM study or manifest, and
+segment them in a batch with summaries (``medseg infer``), or as a DICOM node (``medseg serve``)."""
 
-from medseg.infer.sliding import predict_probabilities, resolve_device
+from medseg.infer.predictor import Prediction, Predictor
 
-__all__ = ["predict_probabilities", "resolve_device"]
+__all__ = ["Prediction", "Predictor"]

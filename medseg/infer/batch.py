@@ -44,7 +44,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
     from tqdm import tqdm
 
     from medseg.infer.predictor import Predictor
-    from medseg.train.distributed import setup, shutdown
+    from medseg.model.distributed import setup, shutdown
 
     options = options or InferOptions()
     start = time.perf_counter()

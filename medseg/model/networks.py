@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 
@@ -33,3 +35,10 @@ def build_network(plan: dict, model_config: dict) -> torch.nn.Module:
         deep_supr_num=min(levels, len(strides) - 2) if deep else 1,
         res_block=False,
     )
+
+
+def network_key(plan: dict) -> str:
+    """Text identifying the network's shape and input patch (for caches of per-network measurements)."""
+    keys = ("strides", "kernel_sizes", "filters", "patch_size")
+    shape = {k: plan[k] for k in keys} | {"channels": len(plan["channels"]), "classes": len(plan["labels"])}
+    return json.dumps(shape, sort_keys=True)

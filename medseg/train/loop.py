@@ -1,4 +1,4 @@
-"""Plain training and validation functions (no trainer class)."""
+"""Plain training functions (no trainer class): the batch stream, the deep-supervision loss, the steps."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import time
 import numpy as np
 import torch
 
-from medseg.infer.sliding import autocast, predict_probabilities
-from medseg.metrics.overlap import dice_per_class
+from medseg.model.device import autocast
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -69,19 +68,3 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, sca
         losses.append(float(loss.detach()))
     total = time.perf_counter() - start
     return {"loss": float(np.mean(losses)), "data_wait_fraction": wait / max(total, 1e-9), "seconds": total}
-
-
-def validate(net, images, labels, plan, device, dtype, mirror: bool = False) -> dict[int, list[float]]:
-    """Dice per foreground class for each validation case (in preprocessed space).
-
-    ``labels`` are class indices, as :func:`medseg.train.data.prepare_cases` caches them; the scores are
-    keyed by label value: ``{value: [dice...]}``.
-    """
-    values = sorted(int(k) for k in plan["labels"])
-    foreground = [i for i, v in enumerate(values) if v != 0]
-    scores: dict[int, list[float]] = {values[i]: [] for i in foreground}
-    for image, label in zip(images, labels, strict=True):
-        probs = predict_probabilities(net, image, plan["patch_size"], device, dtype, mirror=mirror)
-        for i, d in dice_per_class(probs.argmax(0), label, foreground).items():
-            scores[values[i]].append(d)
-    return scores

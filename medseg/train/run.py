@@ -8,6 +8,7 @@ inference needs). Every file is written atomically, so SIGKILL at any moment lea
 
 Under ``torchrun`` every rank trains on its own patches (DistributedDataParallel averages gradients);
 rank 0 alone plans, preprocesses, writes and logs; validation cases are shared out between ranks.
+Validation runs the inference path on original grids (:mod:`medseg.train.validation`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 from medseg.config import RunConfig, config_from_dict, parse_duration, save_config
 from medseg.errors import MedsegError
 from medseg.io.atomic import remove_stale_temporaries, write_text_atomic
+from medseg.model.distributed import Context
 from medseg.model.folder import ModelFolder
+from medseg.model.inference import InferenceSettings, component_rules
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
-from medseg.train.distributed import Context
 from medseg.train.splits import split_cases
 
 
@@ -35,9 +37,9 @@ def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool 
           echo: Callable[[str], None] = print) -> dict:
     """Train one fold and write the model folder ``out_dir``. Returns the final summary.
 
-    When launched by ``torchrun`` (``WORLD_SIZE`` > 1) the run is distributed; see :mod:`medseg.train.distributed`.
+    When launched by ``torchrun`` (``WORLD_SIZE`` > 1) the run is distributed; see :mod:`medseg.model.distributed`.
     """
-    from medseg.train.distributed import setup, shutdown
+    from medseg.model.distributed import setup, shutdown
 
     ctx, dev = setup(device)
     try:
@@ -49,7 +51,7 @@ def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool 
 
 def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, dev, ctx: Context, echo) -> dict:
     from medseg.data import load_dataset
-    from medseg.infer.sliding import autocast_dtype
+    from medseg.train.validation import load_validation
 
     start = time.perf_counter()
     last = out / "checkpoint_last.pt"
@@ -65,7 +67,6 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
     torch.manual_seed(tc.seed)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    dtype = autocast_dtype(tc.precision, dev)
     dataset = load_dataset(dataset_path)
     failure = None
     if ctx.main:  # rank 0 checks, plans, splits and fills the cache; the others then read what it wrote
@@ -82,13 +83,14 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
     splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json")
     train_ids, val_ids = splits[fold]["train"], splits[fold]["val"]
     train_data = prepare_cases(dataset, train_ids, plan, out / "cache", echo)
-    val_data = prepare_cases(dataset, val_ids, plan, out / "cache", echo)
-    echo(f"preprocessed {len(train_ids)} training and {len(val_ids)} validation cases in "
+    val_set = load_validation(dataset, val_ids)
+    echo(f"preprocessed {len(train_ids)} training cases, loaded {len(val_ids)} validation cases in "
          f"{time.perf_counter() - start:.0f} s" + (f"; {ctx.world} ranks" if ctx.world > 1 else ""))
-    net, state = _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume, ctx)
+    dtype = _precision(config, plan, dev, ctx, echo)
+    net, state = _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume, ctx)
     final = None
     if ctx.main:
-        final = _final_validation(net, dataset, val_ids, plan, out, dev, dtype, tc.final_tta, echo)
+        final = _final_validation(net, config, val_set, plan, out, dev, dtype, echo)
     ctx.barrier()
     return _finish(out, plan, state, start, echo, final) if ctx.main else {"rank": ctx.rank, **state}
 
@@ -99,30 +101,57 @@ def _prepare(dataset, config, out: Path, fold: int, echo) -> None:
     splits = split_cases(dataset, config.train.folds, config.train.seed, out / "splits.json")
     if not 0 <= fold < len(splits):
         raise MedsegError(f"--fold {fold} out of range (0..{len(splits) - 1})")
-    ids = splits[fold]["train"] + splits[fold]["val"]
-    prepare_cases(dataset, ids, plan, out / "cache", echo)
+    prepare_cases(dataset, splits[fold]["train"], plan, out / "cache", echo)
 
 
-def _final_validation(net, dataset, val_ids, plan, out, dev, dtype, mirror, echo) -> dict:
-    """Best weights, held-out fold, original grids (and mirroring when asked): written to validation.json."""
-    from medseg.train.evaluate import evaluate_fold
+def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
+    """The autocast dtype: ``train.precision``, where ``auto`` is measured on this machine by rank 0."""
+    from medseg.model import build_network, network_key
+    from medseg.model.device import autocast_dtype, choose_precision
+
+    chosen = None
+    if ctx.main:
+        shape = (1, max(1, len(plan["channels"])), *plan["patch_size"])
+        choice = choose_precision(config.train.precision, dev, lambda: build_network(plan, config.model.__dict__),
+                                  shape, key=network_key(plan))
+        chosen = choice.precision
+        echo(f"precision {chosen} ({choice.reason})")
+    return autocast_dtype(ctx.broadcast(chosen))
+
+
+def _settings(config, plan, mirror: bool) -> InferenceSettings:
+    """The model's own inference settings (what ``medseg infer`` uses by default), mirroring as asked."""
+    labels = {int(k): v for k, v in plan["labels"].items()}
+    return InferenceSettings(overlap=config.infer.overlap, mirror=mirror, sw_batch_size=config.infer.sw_batch_size,
+                             rules=component_rules(config.postprocess.rules, labels))
+
+
+def _final_validation(net, config, val_set, plan, out, dev, dtype, echo) -> dict:
+    """Best weights, held-out fold, the inference path on original grids: written to validation.json."""
+    from medseg.train.validation import summarise, validate
 
     net.load_state_dict(load_checkpoint(out / "weights.pt"))
+    mirror = config.train.final_tta
+    settings = _settings(config, plan, mirror)
     t0 = time.perf_counter()
-    result = evaluate_fold(net, dataset, val_ids, plan, dev, dtype, mirror=mirror)
+    cases = validate([net], val_set, plan, settings, dev, dtype)
+    names = [v for k, v in sorted(plan["labels"].items()) if int(k) != 0]
+    result = {**summarise(cases, names), "mirror": mirror, "overlap": settings.overlap,
+              "postprocess": bool(settings.rules)}
     write_text_atomic(out / "validation.json", json.dumps(result, indent=1))
     per_class = "  ".join(f"{k} {v:.4f}" for k, v in result["per_class"].items())
-    echo(f"final validation ({len(val_ids)} cases, original grids{', mirroring' if mirror else ''}): {per_class}  "
-         f"mean {result['mean']:.4f}  ({time.perf_counter() - t0:.0f} s)")
+    echo(f"final validation ({len(val_set.ids)} cases, original grids{', mirroring' if mirror else ''}): "
+         f"{per_class}  mean {result['mean']:.4f}  ({time.perf_counter() - t0:.0f} s)")
     return result
 
 
-def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resume, ctx: Context):
+def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume, ctx: Context):
     from monai.losses import DiceCELoss
 
     from medseg.model import build_network
-    from medseg.train.loop import BatchStream, train_steps, validate
+    from medseg.train.loop import BatchStream, train_steps
     from medseg.train.sampling import PatchSampler
+    from medseg.train.validation import summarise, validate
 
     tc = config.train
     net = build_network(plan, config.model.__dict__).to(dev)
@@ -130,7 +159,7 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=tc.dice_weight,
                          lambda_ce=tc.ce_weight)
-    classes = sorted(k for k in plan["labels"] if int(k) != 0)
+    classes = list(range(1, len(plan["labels"])))  # cached labels are class indices 0..K-1
     seed = tc.seed + 1000 * ctx.rank  # each rank draws its own patches
     sampler = PatchSampler(train_data[0], train_data[1], plan["patch_size"], classes, tc.foreground_fraction, seed)
     state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1, "elapsed": 0.0}
@@ -165,14 +194,14 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
         state["step"] += tc.iterations_per_epoch
         state["train_seconds"] += stats["seconds"]
         v0 = time.perf_counter()
-        shard = (val_data[0][ctx.rank::ctx.world], val_data[1][ctx.rank::ctx.world])
-        scores = _merge(ctx.gather(validate(net, shard[0], shard[1], plan, dev, dtype, mirror=tc.val_tta)))
+        shard = val_set.shard(ctx.rank, ctx.world)
+        cases = _merge(ctx.gather(validate([net], shard, plan, _settings(config, plan, tc.val_tta), dev, dtype)))
+        scores = summarise(cases, [v for k, v in sorted(plan["labels"].items()) if int(k) != 0])
         val_seconds = time.perf_counter() - v0
         epoch_seconds = time.perf_counter() - t0
         state["epoch"] += 1
         state["elapsed"] = time.perf_counter() - start
-        dice = {k: float(np.mean(v)) for k, v in scores.items()}
-        mean = float(np.mean(list(dice.values()))) if dice else 0.0
+        mean = scores["mean"]
         losses = ctx.gather(stats["loss"])
         if ctx.main:
             if mean > state["best"]:
@@ -181,7 +210,7 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
             save_checkpoint(last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                                    "rng": rng_state(sampler.rng)})
             record = {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)),
-                      "val_dice": {plan["labels"][k]: d for k, d in dice.items()}, "val_mean_dice": mean,
+                      "val_dice": scores["per_class"], "val_mean_dice": mean,
                       "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
                       "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state["elapsed"],
                       "ranks": ctx.world}
@@ -193,11 +222,7 @@ def _fit(config, plan, train_data, val_data, out, dev, dtype, start, echo, resum
 
 
 def _merge(per_rank: list[dict]) -> dict:
-    merged: dict = {}
-    for scores in per_rank:
-        for k, values in scores.items():
-            merged.setdefault(k, []).extend(values)
-    return merged
+    return {case: scores for part in per_rank for case, scores in part.items()}
 
 
 def _optimizer(net, tc):

@@ -56,7 +56,7 @@ def launched_by_torchrun() -> bool:
 
 def setup(device: str = "auto") -> tuple[Context, torch.device]:
     """Join the process group when launched by torchrun; returns the context and this rank's device."""
-    from medseg.infer.sliding import resolve_device
+    from medseg.model.device import resolve_device
 
     if not launched_by_torchrun():
         return Context(), resolve_device(device)

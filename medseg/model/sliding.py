@@ -2,48 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 (AVX512-BF16 or AMX), where bf16 convolutions are faster."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """dtype for autocast (None: fp32). ``auto``: bf16 on bf16 CPUs and bf16-capable GPUs, fp16 on
-    older GPUs, fp32 elsewhere."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
+from medseg.model.device import autocast
 
 # Above this many voxels (with context), the volume is predicted in slabs along its longest axis, so MONAI's
 # float32 aggregation buffers stay bounded (~K x 32 M x 4 bytes) whatever the scan size.

@@ -1,0 +1,99 @@
+"""The one prediction path: preprocess as planned, sliding window, undo preprocessing, post-process.
+
+``medseg infer`` (through :class:`medseg.infer.predictor.Predictor`) and training's per-epoch and final
+validation both call :func:`predict_volume`, so validation scores are exactly what inference followed by
+``medseg evaluate`` gives on the same cases.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+from medseg.model.sliding import predict_probabilities
+from medseg.postprocess import ComponentRule, postprocess
+from medseg.preprocess.pipeline import Trace, preprocess, restore_labels, restore_probabilities
+from medseg.types import Volume
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What changes a result besides the weights: sliding-window overlap, mirroring and post-processing."""
+
+    overlap: float = 0.5
+    mirror: bool = False
+    sw_batch_size: int = 2
+    rules: dict[int, ComponentRule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise MedsegError(f"overlap must be in [0, 1), got {self.overlap}")
+
+
+@dataclass
+class Prediction:
+    """Result for one volume.
+
+    Attributes:
+        label: Label map on the input's grid (same shape and affine), uint8 (int16 for values over 255).
+        probabilities: ``(K, X, Y, Z)`` float16 on the input grid, when asked for.
+        trace: What preprocessing did.
+        timings: Seconds per stage (preprocess, predict, restore, postprocess).
+        postprocess: Per-label component statistics.
+    """
+
+    label: Volume
+    trace: Trace
+    timings: dict[str, float]
+    probabilities: np.ndarray | None = None
+    postprocess: dict = field(default_factory=dict)
+
+
+def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: dict, settings: InferenceSettings,
+                   device: torch.device, dtype: torch.dtype | None,
+                   keep_probabilities: bool = False) -> Prediction:
+    """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) with one network or an ensemble.
+
+    Probabilities of several networks are averaged before the argmax.
+    """
+    labels = {int(k): v for k, v in plan["labels"].items()}
+    expected = max(1, len(plan["channels"]))
+    if volume.num_channels != expected:
+        raise MedsegError(f"image has {volume.num_channels} channel(s), the model expects {expected}",
+                          volume.meta.get("source"))
+    timings = {}
+    t = time.perf_counter()
+    data, _, trace = preprocess(volume, None, plan)
+    timings["preprocess"] = time.perf_counter() - t
+    t = time.perf_counter()
+    probs = None
+    for net in nets:
+        p = predict_probabilities(net, data, plan["patch_size"], device, dtype, overlap=settings.overlap,
+                                  sw_batch_size=settings.sw_batch_size, mirror=settings.mirror)
+        probs = p if probs is None else probs + p
+    probs /= len(nets)
+    timings["predict"] = time.perf_counter() - t
+    t = time.perf_counter()
+    label = restore_labels(probs, trace, sorted(labels))
+    full_probs = restore_probabilities(probs, trace).astype(np.float16) if keep_probabilities else None
+    timings["restore"] = time.perf_counter() - t
+    t = time.perf_counter()
+    label, stats = postprocess(label, settings.rules, volume.spacing) if settings.rules else (label, {})
+    timings["postprocess"] = time.perf_counter() - t
+    dtype_out = np.uint8 if max(labels) < 256 else np.int16
+    out = Volume(label.astype(dtype_out), volume.affine.copy(), {})
+    return Prediction(label=out, trace=trace, timings=timings, probabilities=full_probs, postprocess=stats)
+
+
+def component_rules(rules: dict, labels: dict[int, str]) -> dict[int, ComponentRule]:
+    """A config's post-processing rules as :class:`ComponentRule` objects; a rule for a label the model does
+    not have is an error."""
+    checked = {int(k): ComponentRule.from_dict(v) for k, v in rules.items()}
+    if unknown := sorted(set(checked) - set(labels)):
+        known = ", ".join(f"{k} {v}" for k, v in labels.items() if k != 0)
+        raise MedsegError(f"postprocess.rules name label(s) {unknown} the model does not have (labels: {known})")
+    return checked
