@@ -127,3 +127,46 @@ def test_label_on_other_grid_and_channel_count(tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), moved), label_path)
     errors = _messages(root)
     assert len(errors) == 1 and "origin" in errors[0]
+
+
+def test_nnunet_images_ts_load_as_test_cases(tmp_path):
+    from medseg.infer.inputs import discover
+
+    src = write_phantom_dataset(tmp_path / "msd", cases=4)
+    nn = tmp_path / "Dataset002_Phantom"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (nn / sub).mkdir(parents=True)
+    for i in range(4):
+        part = "Tr" if i < 2 else "Ts"
+        shutil.copy(src / f"imagesTr/phantom_{i:03d}.nii.gz", nn / f"images{part}/phantom_{i:03d}_0000.nii.gz")
+        if part == "Tr":
+            shutil.copy(src / f"labelsTr/phantom_{i:03d}.nii.gz", nn / f"labelsTr/phantom_{i:03d}.nii.gz")
+    (nn / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": 2, "file_ending": ".nii.gz"}))
+    dataset = load_dataset(nn)
+    assert dataset.problems == [] and [c.id for c in dataset.trainable] == ["phantom_000", "phantom_001"]
+    assert [(c.id, c.split, c.label) for c in dataset.cases[2:]] == [("phantom_002", "test", None),
+                                                                    ("phantom_003", "test", None)]
+    assert [c.id for c in discover(nn)[0]] == ["phantom_002", "phantom_003"]
+
+
+def test_datalist_file_loads_with_folds_and_testing(tmp_path):
+    write_phantom_dataset(tmp_path / "d", cases=5)
+
+    def entry(i, **extra):
+        return {"image": f"imagesTr/phantom_{i:03d}.nii.gz", "label": f"labelsTr/phantom_{i:03d}.nii.gz", **extra}
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"dataroot": "d", "labels": {"0": "background", "1": "organ", "2": "lesion"},
+                                "channels": {"0": "MR"}, "training": [entry(i, fold=i % 2) for i in range(4)],
+                                "testing": [{"image": "imagesTr/phantom_004.nii.gz"}]}))
+    dataset = load_dataset(path)
+    assert dataset.source == "datalist" and dataset.problems == []
+    assert [(c.fold, c.split) for c in dataset.cases] == [(0, None), (1, None), (0, None), (1, None), (None, "test")]
+    assert check_dataset(dataset).ok
+    spec = json.loads(path.read_text())
+    spec["testing"][0]["fold"] = 0
+    path.write_text(json.dumps(spec))
+    with pytest.raises(MedsegError, match="testing entry 0: 'fold' is read on training entries only"):
+        load_dataset(path)

@@ -1,4 +1,5 @@
-"""Datasets: MSD folders, nnU-Net v2 raw folders and medseg manifests, all as one :class:`Dataset`.
+"""Datasets: MSD folders, nnU-Net v2 raw folders, MONAI/Auto3DSeg datalists and medseg manifests, all as
+one :class:`Dataset`.
 
 A *medseg manifest* is a YAML or JSON file::
 
@@ -13,16 +14,48 @@ A *medseg manifest* is a YAML or JSON file::
 
 Unknown top-level or case keys are errors, so a typo does not silently drop a setting.
 
+An *nnU-Net v2 raw folder* holds ``dataset.json``, ``imagesTr/<id>_<XXXX><ending>`` (one file per channel)
+and ``labelsTr/<id><ending>``; its ``imagesTs`` cases (labels from ``labelsTs`` when present) load as
+``split: test`` cases.
+
+A *MONAI / Auto3DSeg datalist* is a JSON file::
+
+    {"dataroot": "/data/Task04",                    # optional; paths are relative to it, else to the JSON's folder
+     "labels": {"0": "background", "1": "anterior"},  # medseg needs these two (a datalist alone has neither)
+     "channels": {"0": "MR"},                          # or MSD-style "modality"
+     "training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz", "fold": 0}, ...],
+     "validation": [{"image": ..., "label": ...}],    # -> split: val
+     "testing": [{"image": ...}]}                     # -> split: test (so does an MSD-style "test" list)
+
+``image`` may be a list of channel files. A case's id is its first image's file name without the suffix
+(without an nnU-Net ``_0000`` tag when ``image`` is a list); where two entries would share an id, theirs is
+the image's path below the data root instead (``case_00000/imaging.nii.gz`` -> ``case_00000_imaging``).
+
+Which format a JSON or YAML description is in, in this order:
+
+1. ``cases``: a medseg manifest.
+2. ``channel_names`` or ``file_ending``: an nnU-Net v2 ``dataset.json``.
+3. ``validation``, ``testing`` or ``dataroot``, an entry whose ``image`` is a list, or a ``test`` entry that is
+   a mapping: a datalist. MSD never has these; MONAI's own MSD-derived datalists (e.g. BTCV's
+   ``dataset_0.json``) keep MSD's ``labels``/``modality``/``numTraining``..., which are then read as the
+   datalist's labels and channels.
+4. ``training`` with any of MSD's ``modality``, ``numTraining``, ``numTest`` or ``tensorImageSize``: an MSD
+   ``dataset.json`` (its ``test`` list is not read).
+5. ``training`` without those: a datalist.
+
 Splits: a case with ``split: test`` is never trained or validated on (see :mod:`medseg.train.splits`
 for how folds, ``split: val`` and an nnU-Net ``splits_final.json`` decide the rest). MSD ``dataset.json``
-training entries may carry a ``fold`` too, and any dataset folder may hold an nnU-Net v2
-``splits_final.json`` (``[{"train": [ids], "val": [ids]}, ...]``). Inconsistent split declarations are
-recorded in :attr:`Dataset.problems`, so ``medseg check`` lists them and training refuses the dataset.
+and datalist training entries may carry a ``fold`` too, and any dataset folder may hold an nnU-Net v2
+``splits_final.json`` (``[{"train": [ids], "val": [ids]}, ...]``). Inconsistent split declarations (such as
+training folds together with a datalist's ``validation`` list) are recorded in :attr:`Dataset.problems`, so
+``medseg check`` lists them and training refuses the dataset.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +67,12 @@ _MANIFEST_KEYS = {"name", "description", "channels", "labels", "cases", "file_en
 _CASE_KEYS = {"id", "images", "label", "fold", "split"}
 _SPLITS = ("train", "val", "test")
 SPLITS_FILE = "splits_final.json"
+_DATALIST_KEYS = {"validation", "testing", "dataroot"}  # keys an MSD dataset.json never has
+_MSD_KEYS = {"modality", "numTraining", "numTest", "tensorImageSize"}
+_DATALIST_SECTIONS = (("training", None), ("validation", "val"), ("testing", "test"), ("test", "test"))
+_CHANNEL_TAG = re.compile(r"^(?P<id>.+)_(?P<channel>\d{4})$")
+_NAMES_EXAMPLE = {"labels": '"labels": {"0": "background", "1": "<structure>"}',
+                  "channels": '"channels": {"0": "CT"} (one entry per image channel; MSD-style "modality" also works)'}
 
 
 @dataclass(frozen=True)
@@ -60,7 +99,7 @@ class Dataset:
 
     name: str
     root: Path
-    source: str  # "msd", "nnunet", "manifest"
+    source: str  # "msd", "nnunet", "datalist", "manifest"
     labels: dict[int, str]
     channels: dict[int, str]
     cases: list[Case]
@@ -86,7 +125,7 @@ class Dataset:
 
 
 def load_dataset(path: str | Path) -> Dataset:
-    """Load a dataset from a folder (MSD, nnU-Net v2 or one holding a manifest) or a manifest file.
+    """Load a dataset from a folder (MSD, nnU-Net v2 or one holding a manifest), a manifest or a datalist file.
 
     Raises:
         MedsegError: when the path is not a dataset or its description cannot be parsed.
@@ -97,23 +136,71 @@ def load_dataset(path: str | Path) -> Dataset:
     if path.is_file():
         if image_suffix(path):
             raise MedsegError("this is an image, not a dataset; expected an MSD or nnU-Net folder (with "
-                              "dataset.json) or a manifest (.yaml/.json); `medseg info` describes an image", path)
+                              "dataset.json), a manifest (.yaml/.json) or a datalist (.json); `medseg info` "
+                              "describes an image", path)
         if path.suffix.lower() not in (".yaml", ".yml", ".json"):
-            raise MedsegError("not a dataset: expected an MSD or nnU-Net folder (with dataset.json) or a manifest "
-                              "(.yaml, .yml or .json)", path)
-        return _load_manifest(path)
+            raise MedsegError("not a dataset: expected an MSD or nnU-Net folder (with dataset.json), a manifest "
+                              "(.yaml, .yml or .json) or a datalist (.json)", path)
+        data = _read_structured(path)
+        kind = description_kind(data)
+        return _load_manifest(path, data) if kind == "manifest" else _load_description(kind, data, path)
     for name in MANIFEST_NAMES:
         if (path / name).is_file():
-            return _load_manifest(path / name)
+            return _load_manifest(path / name, _read_structured(path / name))
     desc = path / "dataset.json"
     if not desc.is_file():
         raise MedsegError("not a dataset folder (no dataset.json, medseg.yaml or manifest.yaml)", path)
     data = _read_structured(desc)
+    kind = description_kind(data)
+    if kind == "manifest":
+        raise MedsegError("dataset.json is neither MSD (no 'training'), nnU-Net v2 (no 'channel_names') nor a "
+                          "datalist (no 'training', 'validation' or 'testing')", desc)
+    return _load_description(kind, data, desc)
+
+
+def is_dataset_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder that :func:`load_dataset` reads as a dataset (not a folder of images)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in ("dataset.json", *MANIFEST_NAMES))
+
+
+def description_kind(data: dict) -> str:
+    """``manifest``, ``nnunet``, ``datalist`` or ``msd``: the format of a parsed description (module docstring).
+
+    A description matching none of them is called a manifest, whose loader then names the unknown keys.
+    """
+    if "cases" in data:
+        return "manifest"
     if "channel_names" in data or "file_ending" in data:
-        return _load_nnunet(path, data, desc)
+        return "nnunet"
+    if _DATALIST_KEYS & set(data) or _has_datalist_entries(data):
+        return "datalist"
     if "training" in data:
-        return _load_msd(path, data, desc)
-    raise MedsegError("dataset.json is neither MSD (no 'training') nor nnU-Net v2 (no 'channel_names')", desc)
+        return "msd" if _MSD_KEYS & set(data) else "datalist"
+    return "manifest"
+
+
+def _has_datalist_entries(data: dict) -> bool:
+    """A training entry whose image is a list of channel files, or a test entry that is a mapping."""
+    training = data.get("training") if isinstance(data.get("training"), list) else []
+    test = data.get("test") if isinstance(data.get("test"), list) else []
+    return (any(isinstance(e, dict) and isinstance(e.get("image"), list) for e in training)
+            or any(isinstance(e, dict) for e in test))
+
+
+def channel_tag(path: str | Path) -> tuple[str, int] | None:
+    """``(id, channel)`` of an nnU-Net channel file name ``<id>_<4 digits><suffix>``, else None."""
+    match = _CHANNEL_TAG.match(image_stem(path))
+    return (match["id"], int(match["channel"])) if match else None
+
+
+def _load_description(kind: str, data: dict, desc: Path) -> Dataset:
+    """An nnU-Net, MSD or datalist description (``desc``, read into ``data``) as a dataset."""
+    if kind == "nnunet":
+        return _load_nnunet(desc.parent, data, desc)
+    if kind == "msd":
+        return _load_msd(desc.parent, data, desc)
+    return _load_datalist(data, desc)
 
 
 def _read_structured(path: Path) -> dict:
@@ -162,23 +249,89 @@ def _load_nnunet(root: Path, data: dict, desc: Path) -> Dataset:
     except (TypeError, ValueError):
         raise MedsegError("'labels' must map names to integer values (region labels are not supported)",
                           desc) from None
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    ids = sorted({p.name[: -len(ending)][:-5] for p in images_dir.glob(f"*_0000{ending}")})
-    cases = []
-    for case_id in ids:
-        images = tuple(images_dir / f"{case_id}_{c:04d}{ending}" for c in sorted(channels))
-        label = labels_dir / f"{case_id}{ending}"
-        cases.append(Case(id=case_id, images=images, label=label))
+    training = _nnunet_cases(root / "imagesTr", root / "labelsTr", ending, channels, None)
+    test = _nnunet_cases(root / "imagesTs", root / "labelsTs", ending, channels, "test")
     dataset = Dataset(name=str(data.get("name", root.name)), root=root, source="nnunet",
-                      labels=labels, channels=channels, cases=cases)
+                      labels=labels, channels=channels, cases=training + test)
     declared = data.get("numTraining")
-    if declared is not None and int(declared) != len(cases):
-        dataset.problems.append(f"dataset.json declares numTraining={declared} but imagesTr has {len(cases)} cases")
+    if declared is not None and int(declared) != len(training):
+        dataset.problems.append(f"dataset.json declares numTraining={declared} but imagesTr has {len(training)} "
+                                "cases")
     return _finish(dataset)
 
 
-def _load_manifest(path: Path) -> Dataset:
-    data = _read_structured(path)
+def _nnunet_cases(images_dir: Path, labels_dir: Path, ending: str, channels: dict[int, str],
+                  split: str | None) -> list[Case]:
+    """The cases of one nnU-Net image folder: ids from ``<id>_0000<ending>``, one file per declared channel.
+
+    A training case always names its label (a missing one is a check error); a test case only an existing one.
+    """
+    ids = sorted({p.name[: -len(ending) - 5] for p in images_dir.glob(f"*_0000{ending}")})
+    cases = []
+    for case_id in ids:
+        label = labels_dir / f"{case_id}{ending}"
+        images = tuple(images_dir / f"{case_id}_{c:04d}{ending}" for c in sorted(channels))
+        cases.append(Case(id=case_id, images=images, label=label if split is None or label.is_file() else None,
+                          split=split))
+    return cases
+
+
+def _load_datalist(data: dict, desc: Path) -> Dataset:
+    """A MONAI / Auto3DSeg datalist (module docstring): training, validation and test entries."""
+    labels, channels = _datalist_names(data, desc)
+    base = _resolve(desc.parent, data["dataroot"]) if data.get("dataroot") else desc.parent
+    written, cases = [], []
+    for key, split in _DATALIST_SECTIONS:
+        section = data.get(key) or []
+        if not isinstance(section, list):
+            raise MedsegError(f"'{key}' must be a list of entries", desc)
+        for i, entry in enumerate(section):
+            first, case = _datalist_case(entry, base, split, desc, f"{key} entry {i}")
+            written.append(first)
+            cases.append(case)
+    counts = Counter(c.id for c in cases)
+    cases = [replace(c, id=_path_id(w)) if counts[c.id] > 1 else c for w, c in zip(written, cases, strict=True)]
+    return _finish(Dataset(name=str(data.get("name", desc.stem)), root=desc.parent, source="datalist",
+                           labels=labels, channels=channels, cases=cases))
+
+
+def _datalist_names(data: dict, desc: Path) -> tuple[dict[int, str], dict[int, str]]:
+    """The labels and channels a datalist must carry for medseg (a plain datalist has neither)."""
+    if data.get("channels") and data.get("modality"):
+        raise MedsegError("give 'channels' or 'modality', not both", desc)
+    missing = [name for name, keys in (("labels", ("labels",)), ("channels", ("channels", "modality")))
+               if not any(data.get(k) for k in keys)]
+    if missing:
+        raise MedsegError(f"a datalist names no {' and no '.join(missing)}; add "
+                          f"{' and '.join(_NAMES_EXAMPLE[m] for m in missing)} to it", desc)
+    key = "channels" if data.get("channels") else "modality"
+    return _int_keys(data["labels"], desc, "labels"), _int_keys(data[key], desc, key)
+
+
+def _datalist_case(entry, base: Path, split: str | None, desc: Path, what: str) -> tuple[str, Case]:
+    """One datalist entry (a mapping, or a bare image path as in MSD's ``test``) and its first image as written."""
+    if isinstance(entry, str):
+        entry = {"image": entry}
+    if not isinstance(entry, dict) or not entry.get("image"):
+        raise MedsegError(f"{what} has no 'image'", desc)
+    images = [str(p) for p in (entry["image"] if isinstance(entry["image"], list) else [entry["image"]])]
+    if split is not None and entry.get("fold") is not None:
+        raise MedsegError(f"{what}: 'fold' is read on training entries only", desc)
+    tag = channel_tag(images[0]) if len(images) > 1 else None
+    label = entry.get("label")
+    return images[0], Case(id=tag[0] if tag and tag[1] == 0 else image_stem(images[0]),
+                           images=tuple(_resolve(base, p) for p in images),
+                           label=_resolve(base, label) if label else None,
+                           fold=_fold(entry.get("fold"), desc, what), split=split)
+
+
+def _path_id(written: str) -> str:
+    """An id from an image path below the data root: ``case_00000/imaging.nii.gz`` -> ``case_00000_imaging``."""
+    folders = [part for part in Path(written).parent.parts if part not in (Path(written).anchor, ".", "..")]
+    return "_".join([*folders, image_stem(written)])
+
+
+def _load_manifest(path: Path, data: dict) -> Dataset:
     unknown = set(data) - _MANIFEST_KEYS
     if unknown:
         raise MedsegError(f"unknown manifest key(s): {', '.join(sorted(unknown))}", path)
@@ -247,7 +400,8 @@ def _split_problems(dataset: Dataset) -> list[str]:
         problems += _splits_file_problems(dataset.splits, {c.id for c in trainable},
                                           {c.id for c in dataset.cases if c.split == "test"})
     elif folds and val:
-        problems.append("cases give both 'fold' and 'split: val'; use one way of splitting")
+        problems.append("cases give both 'fold' and 'split: val' (in a datalist: training folds and a "
+                        "'validation' list); use one way of splitting")
     if folds and len(folds) < len(trainable):
         problems.append(f"{len(trainable) - len(folds)} of {len(trainable)} labelled training cases have no fold")
     if folds and sorted(set(folds)) != list(range(len(set(folds)))):

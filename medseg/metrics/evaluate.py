@@ -52,18 +52,35 @@ def pair_cases(pred_dir: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], 
     """``(id, prediction, truth)`` pairs, ids missing a prediction, and label names when ``gt`` is a dataset."""
     preds = {image_stem(p): p for p in sorted(Path(pred_dir).iterdir())
              if image_suffix(p) and not image_stem(p).endswith("_probabilities")}
-    names = None
-    if gt.is_dir() and not any(gt.glob("dataset.json")) and not any(gt.glob("*.yaml")):
-        truths = {image_stem(p): p for p in sorted(gt.iterdir()) if image_suffix(p)}
-    else:
-        from medseg.data import load_dataset
-
-        dataset = load_dataset(gt)
-        truths = {c.id: c.label for c in dataset.cases if c.label is not None}
-        names = dataset.labels
+    truths, names = ground_truth(gt)
     pairs = [(i, preds[i], truths[i]) for i in sorted(truths) if i in preds]
     missing = sorted(i for i in truths if i not in preds)
     return pairs, missing, names
+
+
+def ground_truth(gt: Path) -> tuple[dict[str, Path], dict[int, str] | None]:
+    """Label files by case id, and label names when ``gt`` is a dataset.
+
+    ``gt`` is a folder of label files (e.g. nnU-Net's ``labelsTs``: ``CASE.nii.gz`` per case) or a dataset
+    (manifest, MSD or nnU-Net folder, datalist). A dataset contributes its labelled test cases when it has
+    any (nnU-Net ``labelsTs``, also without ``imagesTs``; datalist ``testing`` entries with a label), else
+    every labelled case, so that the cases `medseg infer` segmented from it are the ones scored.
+    """
+    from medseg.data.dataset import is_dataset_folder
+
+    if gt.is_dir() and not is_dataset_folder(gt):
+        return _label_files(gt), None
+    from medseg.data import load_dataset
+
+    dataset = load_dataset(gt)
+    truths = {c.id: c.label for c in dataset.cases if c.split == "test" and c.label is not None}
+    if not truths and dataset.source == "nnunet" and (dataset.root / "labelsTs").is_dir():
+        truths = _label_files(dataset.root / "labelsTs")
+    return truths or {c.id: c.label for c in dataset.labelled}, dataset.labels
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    return {image_stem(p): p for p in sorted(folder.iterdir()) if image_suffix(p)}
 
 
 def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None, tolerance_mm: float = 1.0,
