@@ -169,7 +169,42 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
                 raise MedsegError(f"{where}: unknown key '{section}.{key}' (known: {', '.join(known)})")
             setattr(target, key, _coerce(value, getattr(target, key), f"{section}.{key}", where))
     config.postprocess.rules = check_rules(config.postprocess.rules, where)
+    _check_values(config, where)
     return config
+
+
+# Settings that take one of a few values, checked when a config loads (allowed values in the message).
+CHOICES = {
+    ("model", "name"): ("dynunet",),
+    ("model", "norm"): ("instance", "batch", "group"),
+    ("train", "optimizer"): ("adamw", "sgd"),
+    ("train", "lr_schedule"): ("poly", "cosine", "constant"),
+    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
+}
+# Numeric settings and their allowed closed ranges (None: unbounded).
+RANGES = {
+    ("preprocess", "anisotropy_threshold"): (1.0, None), ("model", "base_filters"): (1, None),
+    ("model", "max_filters"): (1, None), ("model", "deep_supervision_levels"): (0, None),
+    ("train", "epochs"): (1, None), ("train", "iterations_per_epoch"): (1, None), ("train", "lr"): (0.0, None),
+    ("train", "weight_decay"): (0.0, None), ("train", "foreground_fraction"): (0.0, 1.0),
+    ("train", "dice_weight"): (0.0, None), ("train", "ce_weight"): (0.0, None), ("train", "num_workers"): (0, None),
+    ("train", "folds"): (1, None), ("train", "memory_budget_mb"): (1, None),
+    ("infer", "overlap"): (0.0, 0.95), ("infer", "sw_batch_size"): (1, None),
+}
+
+
+def _check_values(config: RunConfig, where: str) -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if str(value).lower() not in allowed:
+            raise MedsegError(f"{where}: '{section}.{key}' is '{value}' (allowed: {', '.join(allowed)})")
+        setattr(getattr(config, section), key, str(value).lower())
+    for (section, key), (low, high) in RANGES.items():
+        value = getattr(getattr(config, section), key)
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            raise MedsegError(f"{where}: '{section}.{key}' is {value}; it must be {bounds}")
+    parse_duration(config.train.time_budget)
 
 
 def _coerce(value: Any, default: Any, name: str, where: str) -> Any:
@@ -215,4 +250,4 @@ def parse_duration(text: str | None) -> float | None:
         raise MedsegError(f"cannot parse duration '{text}' (use e.g. 30m, 2h, 90s)") from None
 
 
-__all__ = ["RunConfig", "load_config", "save_config", "config_from_dict", "parse_duration"]
+__all__ = ["RunConfig", "load_config", "save_config", "config_from_dict", "parse_duration", "CHOICES"]

@@ -135,7 +135,9 @@ def test_training_never_loads_a_test_case(phantoms, tmp_path):
     manifest = _manifest(root, {3: {"split": "test"}})
     out = tmp_path / "run"
     train(manifest, out, load_config(None, TINY), echo=lambda _: None)
+    splits = json.loads((out / "splits.json").read_text())
     cached = sorted(p.stem for p in (out / "cache").glob("*.npz"))
-    assert cached == ["p0", "p1", "p2", "p4", "p5"]
-    assert "p3" not in (out / "splits.json").read_text()
+    assert cached == splits[0]["train"] and "p3" not in cached  # validation reads original images, uncached
+    assert sorted(splits[0]["train"] + splits[0]["val"]) == ["p0", "p1", "p2", "p4", "p5"]
+    assert sorted(json.loads((out / "validation.json").read_text())["cases"]) == splits[0]["val"]
     assert "p3" not in json.loads((out / "fingerprint.json").read_text())["cases"]

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from medseg.config import CHOICES
 from medseg.errors import MedsegError
 
 log = logging.getLogger("medseg")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = CHOICES[("train", "precision")]
 DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # A candidate must beat fp32 by this factor, so timing noise never flips the choice.

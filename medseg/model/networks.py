@@ -14,10 +14,7 @@ def build_network(plan: dict, model_config: dict) -> torch.nn.Module:
         plan: From :func:`medseg.preprocess.plan.make_plan` (channels, labels, strides, kernels, filters).
         model_config: The ``model`` section of the run config (name, deep supervision, norm).
     """
-    name = model_config.get("name", "dynunet")
-    if name != "dynunet":
-        raise ValueError(f"unknown network '{name}' (available: dynunet)")
-    from monai.networks.nets import DynUNet
+    from monai.networks.nets import DynUNet  # the only network (model.name is checked when the config loads)
 
     strides = plan["strides"]
     levels = int(model_config.get("deep_supervision_levels", 2))

@@ -53,10 +53,6 @@ def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo) -> tuple[
     return _int_labels(plan), fp
 
 
-def load_plan(path: Path) -> dict:
-    return _int_labels(json.loads(Path(path).read_text()))
-
-
 def _int_labels(plan: dict) -> dict:
     plan["labels"] = {int(k): v for k, v in plan["labels"].items()}
     plan["channels"] = {int(k): v for k, v in plan["channels"].items()}

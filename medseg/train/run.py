@@ -228,9 +228,7 @@ def _merge(per_rank: list[dict]) -> dict:
 def _optimizer(net, tc):
     if tc.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=tc.lr, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    raise MedsegError(f"unknown optimizer '{tc.optimizer}' (adamw, sgd)")
+    return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)  # checked at load
 
 
 def _progress(state, total_steps, budget, start, epoch_seconds: float = 0.0, val_seconds: float = 0.0) -> float:
