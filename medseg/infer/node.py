@@ -1,0 +1,258 @@
+"""`medseg serve`: a DICOM node that segments the series a PACS sends it and sends the DICOM SEG back.
+
+A C-STORE receiver (pynetdicom) writes every arriving instance to ``STORE/<hash of its
+SeriesInstanceUID>/<hash of its SOPInstanceUID>.dcm`` (atomically, before answering success), so neither
+folder nor file names carry tag text. When a series folder has received nothing for ``quiet_s`` seconds
+it is segmented exactly as `medseg infer` segments a DICOM folder (same series checks, same outputs in the
+output folder) and each DICOM SEG is C-STOREd to the ``send_to`` peer. A failing series is logged in one
+line and the node goes on. Segmentation runs in the calling thread, one series at a time, while the
+receiver keeps accepting instances in its own threads.
+
+A series folder whose instances are all older than its ``.medseg-done`` marker is finished; any other
+folder found in the store at start (e.g. received just before a stop) is segmented again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import MedsegError
+from medseg.infer.dicom_net import Peer, echo_peer, send_files
+from medseg.infer.inputs import SeriesFilter
+from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_bytes_atomic
+
+DONE_MARKER = ".medseg-done"
+# C-STORE statuses the receiver answers: success, "out of resources" (could not write), "cannot understand".
+STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+POLL_SECONDS = 0.2  # how often the scheduler looks for quiet series and for a stop request
+
+
+@dataclass
+class NodeSettings:
+    """What `medseg serve` listens as, where it writes, and where it sends results.
+
+    Attributes:
+        out: Output folder for results (label maps, case JSONs, DICOM SEGs, as `medseg infer` writes them).
+        store: Folder for received instances; ``out / "incoming"`` when None.
+        send_to: Peer that receives each DICOM SEG; None keeps the SEGs in ``out`` only.
+        quiet_s: Seconds without a new instance after which a series counts as complete.
+    """
+
+    ae_title: str = "MEDSEG"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    out: Path = Path("medseg-node")
+    store: Path | None = None
+    send_to: Peer | None = None
+    quiet_s: float = 10.0
+    series: SeriesFilter | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.store if self.store is not None else self.out / "incoming"
+
+
+class SeriesTracker:
+    """Series folders with instances not yet segmented, each with the time its last instance arrived.
+
+    Thread-safe: the receiver threads touch folders, the scheduler takes the quiet ones.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[Path, float] = {}  # folder -> time.monotonic() of its last instance, s
+
+    def touch(self, folder: Path) -> bool:
+        """Note an instance arriving in ``folder``; True when the folder was not pending before."""
+        with self._lock:
+            new = folder not in self._last
+            self._last[folder] = time.monotonic()
+            return new
+
+    def quiet(self, quiet_s: float) -> list[tuple[Path, float]]:
+        """Folders that received nothing for ``quiet_s`` seconds, oldest first, with their last arrival time."""
+        now = time.monotonic()
+        with self._lock:
+            ready = [(folder, last) for folder, last in self._last.items() if now - last >= quiet_s]
+        return sorted(ready, key=lambda item: item[1])
+
+    def finish(self, folder: Path, last: float) -> None:
+        """Forget ``folder`` unless an instance arrived after ``last`` (then it is segmented again later)."""
+        with self._lock:
+            if self._last.get(folder) == last:
+                del self._last[folder]
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._last)
+
+
+def uid_digest(uid: str) -> str:
+    """First 16 hex digits of the SHA-256 of a DICOM UID: a file or folder name that reveals no tag text."""
+    return hashlib.sha256(uid.strip().encode()).hexdigest()[:16]
+
+
+def store_instance(event, store: Path, tracker: SeriesTracker, echo: Callable[[str], None]) -> int:
+    """C-STORE handler: write the instance under ``store`` (atomically, fsynced), then answer success.
+
+    Returns:
+        The C-STORE status: success only once the file is on disk; "cannot understand" for an instance
+        without a SeriesInstanceUID; "out of resources" when it cannot be written.
+    """
+    try:
+        series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        data = event.encoded_dataset()
+    except Exception as exc:  # a dataset pydicom cannot decode
+        echo(f"error: refused an instance that cannot be decoded ({type(exc).__name__})")
+        return STATUS_CANNOT_UNDERSTAND
+    if not series_uid or not sop_uid:
+        echo("error: refused an instance without SeriesInstanceUID or SOPInstanceUID")
+        return STATUS_CANNOT_UNDERSTAND
+    folder = store / uid_digest(series_uid)
+    try:
+        write_bytes_atomic(folder / f"{uid_digest(sop_uid)}.dcm", data)
+    except (OSError, MedsegError) as exc:
+        echo(f"error: series {folder.name}: cannot write an instance ({getattr(exc, 'strerror', None) or exc})")
+        return STATUS_OUT_OF_RESOURCES
+    if tracker.touch(folder):
+        echo(f"series {folder.name}: receiving")
+    return STATUS_SUCCESS
+
+
+def unfinished_folders(store: Path) -> list[Path]:
+    """Series folders in ``store`` holding an instance newer than their done marker (or without one)."""
+    found = []
+    for folder in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        marker = folder / DONE_MARKER
+        done_at = marker.stat().st_mtime if marker.exists() else -1.0
+        if any(f.stat().st_mtime > done_at for f in folder.glob("*.dcm")):
+            found.append(folder)
+    return found
+
+
+def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> int:
+    """Segment every selected series in one store folder, write outputs to ``settings.out`` and send each
+    DICOM SEG to ``settings.send_to``.
+
+    Returns:
+        Number of series segmented.
+
+    Raises:
+        MedsegError: when no series is selected (the reasons in one line) or one fails to segment or send.
+    """
+    from medseg.infer.batch import InferOptions, segment_case
+    from medseg.infer.inputs import discover
+
+    options = InferOptions(overwrite=True, series=settings.series)
+    cases, skipped = discover(folder, settings.series)
+    if not cases:
+        raise MedsegError(f"nothing to segment ({'; '.join(skipped) or 'no DICOM image series'})")
+    for line in skipped:
+        echo(f"series {folder.name}: {line}")
+    for case in cases:
+        record = segment_case(predictor, case, settings.out, options)
+        seg = Path(record["outputs"]["dicom_seg"])
+        where = f", SEG in {seg}"
+        if settings.send_to is not None:
+            try:
+                send_files(settings.send_to, [seg], calling_ae=settings.ae_title)
+            except MedsegError as exc:
+                raise MedsegError(f"{case.id} segmented, SEG kept in {seg} but not sent: {exc.problem}") from None
+            where += f", sent to {settings.send_to}"
+        echo(f"series {folder.name}: {case.id} ({case.description}) segmented in {record['seconds']:.1f} s{where}")
+    return len(cases)
+
+
+def process_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> bool:
+    """Segment one quiet series folder, log any failure in one line, and mark the folder done.
+
+    Returns:
+        True when it was segmented (and sent), False when it failed.
+    """
+    started = time.time()
+    try:
+        segment_folder(predictor, folder, settings, echo)
+        ok = True
+    except MedsegError as exc:
+        echo(f"error: series {folder.name}: {exc}")
+        ok = False
+    except Exception as exc:  # one broken series must not stop the node
+        echo(f"error: series {folder.name}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        ok = False
+    marker = folder / DONE_MARKER
+    with contextlib.suppress(OSError):  # without a marker the folder is only segmented again at the next start
+        marker.touch()
+        os.utime(marker, (started, started))  # instances that arrived while segmenting stay newer than it
+    return ok
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set (installs their handlers; call from the main thread)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Event,
+          echo: Callable[[str], None] = print) -> None:
+    """Run the node until ``stop`` is set: receive, segment quiet series, send SEGs.
+
+    On stop the series being segmented is finished, series still waiting are left in the store (segmented
+    at the next start), and the association server is shut down.
+
+    Raises:
+        MedsegError: when the model cannot be loaded or the port cannot be opened.
+    """
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    from medseg.infer.predictor import Predictor
+
+    predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
+    make_output_dir(settings.out)
+    store = make_output_dir(settings.store_dir)
+    tracker = SeriesTracker()
+    for folder in unfinished_folders(store):
+        remove_stale_temporaries(folder)
+        tracker.touch(folder)
+    if settings.send_to is not None:
+        try:
+            echo_peer(settings.send_to, calling_ae=settings.ae_title)
+        except MedsegError as exc:
+            echo(f"warning: {exc}; SEGs that cannot be sent stay in {settings.out}")
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    handlers = [(evt.EVT_C_STORE, store_instance, [store, tracker, echo])]
+    try:
+        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise MedsegError(f"cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc})") from None
+    echo(f"listening as {settings.ae_title} on {settings.host}:{settings.port}; model {predictor.model_id}; "
+         f"instances in {store}; {tracker.pending()} unfinished series from before")
+    try:
+        while not stop.wait(POLL_SECONDS):
+            for folder, last in tracker.quiet(settings.quiet_s):
+                if stop.is_set():
+                    break
+                process_folder(predictor, folder, settings, echo)
+                tracker.finish(folder, last)
+    finally:
+        for assoc in server.active_associations:  # a peer idling on an open association must not delay the stop
+            assoc.abort()  # unacknowledged instances are the sender's to resend
+        server.shutdown()
+    echo(f"stopped; {tracker.pending()} series left for the next start")

@@ -1,0 +1,251 @@
+"""`medseg serve` and `medseg infer --send-to` against a real PACS (Orthanc, the Debian package `orthanc`):
+C-ECHO, a series pushed by Orthanc comes back as a DICOM SEG, a broken series is logged while the node goes
+on, instances are on disk when acknowledged, SIGTERM stops the node with exit code 0."""
+
+import hashlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.config import load_config
+from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.errors import MedsegError
+from medseg.infer.dicom_net import Peer, echo_peer, parse_peer, send_files
+from medseg.infer.node import NodeSettings, run_node
+from medseg.io.dicom_write import write_dicom_series
+from medseg.train import train
+
+runner = CliRunner()
+TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=5", "train.lr=0.01",
+        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.epochs=1"]
+STUDY1 = "dicom/hippocampus_crops/study1"
+STUDY2 = "dicom/hippocampus_crops/study2"
+SECRETS = ("Avasarala", "Thanos", "PGBM", "20200119", "20200121")  # patient names, IDs and dates of the shared series
+FOREGROUND_LABELS = 2  # the phantom model's organ and lesion
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _dicom_files(folder):
+    return sorted(folder.glob("*.dcm"), key=lambda p: int(p.stem))
+
+
+def _uid(path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+class Orthanc:
+    """A running Orthanc with its REST API on loopback."""
+
+    def __init__(self, http_port: int, dicom_port: int, node_port: int):
+        self.url, self.dicom_port, self.node_port = f"http://127.0.0.1:{http_port}", dicom_port, node_port
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, data: bytes):
+        with urllib.request.urlopen(urllib.request.Request(self.url + path, data=data), timeout=120) as response:
+            return json.loads(response.read())
+
+    def seg_tags(self, series_uid: str) -> list[dict]:
+        """Tags of every SEG instance held that references ``series_uid``."""
+        found = []
+        for series in self.get("/series?expand"):
+            if series["MainDicomTags"].get("Modality") != "SEG":
+                continue
+            for instance in series["Instances"]:
+                tags = self.get(f"/instances/{instance}/tags?simplify")
+                if any(ref.get("SeriesInstanceUID") == series_uid for ref in tags.get("ReferencedSeriesSequence", [])):
+                    found.append(tags)
+        return found
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    data = write_phantom_dataset(root / "data", cases=4, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
+    train(data, root / "run", load_config(None, TINY), echo=lambda _: None)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        pytest.skip("Orthanc not installed (Debian: apt-get install orthanc)")
+    root = tmp_path_factory.mktemp("orthanc")
+    http_port, dicom_port, node_port = _free_port(), _free_port(), _free_port()
+    config = {"Name": "medseg-test", "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port,
+              "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+              "DicomModalities": {"medseg": ["MEDSEG", "127.0.0.1", node_port]}}
+    (root / "orthanc.json").write_text(json.dumps(config))
+    with open(root / "orthanc.log", "wb") as log:
+        process = subprocess.Popen([binary, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    server = Orthanc(http_port, dicom_port, node_port)
+
+    def ready():
+        try:
+            return server.get("/system")
+        except OSError:
+            assert process.poll() is None, (root / "orthanc.log").read_text()[-2000:]
+            return None
+
+    try:
+        _wait(ready, 30, "Orthanc to start")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def node(orthanc, model_dir, tmp_path_factory):
+    """`run_node` in a thread, sending to Orthanc; yields (settings, log lines)."""
+    out = tmp_path_factory.mktemp("node")
+    settings = NodeSettings(host="127.0.0.1", port=orthanc.node_port, out=out, quiet_s=1.0, device="cpu",
+                            send_to=Peer("ORTHANC", "127.0.0.1", orthanc.dicom_port))
+    lines: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=run_node, args=(model_dir, settings, stop), kwargs={"echo": lines.append})
+    thread.start()
+    try:
+        _wait(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
+              "the node to listen")
+        assert thread.is_alive(), lines
+        yield settings, lines
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and lines[-1].startswith("stopped")
+    assert not any(secret in line for line in lines for secret in SECRETS), lines
+
+
+def test_c_echo_and_called_ae_title(node):
+    settings, _ = node
+    echo_peer(Peer("MEDSEG", "127.0.0.1", settings.port))
+    with pytest.raises(MedsegError, match="rejected"):
+        echo_peer(Peer("SOMEONE_ELSE", "127.0.0.1", settings.port))
+
+
+def test_orthanc_push_comes_back_as_seg(node, orthanc, data_path):
+    settings, lines = node
+    files = _dicom_files(data_path(STUDY1))
+    uploaded = [orthanc.post("/instances", f.read_bytes()) for f in files]
+    series_id = uploaded[0]["ParentSeries"]
+    assert {u["ParentSeries"] for u in uploaded} == {series_id}
+    job = orthanc.post("/modalities/medseg/store", json.dumps(series_id).encode())
+    assert job.get("InstancesCount", len(files)) == len(files)
+    uid = _uid(files[0])
+    (seg,) = _wait(lambda: orthanc.seg_tags(uid), 60, "the SEG in Orthanc")
+    assert seg["Modality"] == "SEG"
+    assert len(seg["SegmentSequence"]) == FOREGROUND_LABELS
+    assert int(seg["NumberOfFrames"]) == FOREGROUND_LABELS * len(files)  # empty frames are kept
+    # Instances are stored per series under a hash of the UID, files named by a hash of the SOP UID.
+    folder = settings.store_dir / hashlib.sha256(uid.encode()).hexdigest()[:16]
+    assert len(list(folder.glob("*.dcm"))) == len(files) and not list(folder.glob(".*.tmp*"))
+    _wait(lambda: any(line.startswith(f"series {folder.name}: ") and "sent to ORTHANC@" in line for line in lines),
+          10, "the node's line for the series")  # it is written once the SEG is sent
+
+
+def test_broken_series_is_logged_and_node_goes_on(node, orthanc, data_path, tmp_path):
+    settings, lines = node
+    peer = Peer(settings.ae_title, "127.0.0.1", settings.port)
+    broken = _dicom_files(data_path(STUDY2))
+    del broken[len(broken) // 2]  # a missing slice: the series is refused, never read with a gap
+    assert send_files(peer, broken) == len(broken)
+    image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=5)
+    good = write_dicom_series(image, tmp_path / "good", series_number=7)
+    send_files(peer, good)
+    _wait(lambda: orthanc.seg_tags(_uid(good[0])), 60, "the good series' SEG in Orthanc")
+    digest = hashlib.sha256(_uid(broken[0]).encode()).hexdigest()[:16]
+    errors = _wait(lambda: [line for line in lines if line.startswith(f"error: series {digest}: ")], 10,
+                   "the broken series' error line")
+    assert len(errors) == 1 and "nothing to segment" in errors[0] and "missing slice" in errors[0], lines
+    assert not orthanc.seg_tags(_uid(broken[0]))
+
+
+def test_infer_send_to_stores_segs_in_orthanc(orthanc, model_dir, data_path, tmp_path):
+    study = data_path(STUDY2)
+    peer = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    result = runner.invoke(app, ["infer", str(model_dir), str(study), str(tmp_path / "out"), "--device", "cpu",
+                                 "--send-to", peer])
+    assert result.exit_code == 0, result.output
+    assert f"sent 1 DICOM SEG(s) to {peer}" in result.output
+    (seg,) = orthanc.seg_tags(_uid(_dicom_files(study)[0]))
+    assert int(seg["NumberOfFrames"]) == FOREGROUND_LABELS * 35
+
+
+@pytest.mark.parametrize("text", ["ORTHANC@host", "@h:1", "A@h:0", "A@h:x", "SEVENTEEN_LETTERS@h:1", "noat:4242"])
+def test_bad_peer_is_one_line_error(text):
+    with pytest.raises(MedsegError, match="AE"):
+        parse_peer(text)
+    assert parse_peer("PACS@10.0.0.5:104") == Peer("PACS", "10.0.0.5", 104)
+
+
+def test_sigterm_stops_serve_and_instances_are_on_disk_when_acknowledged(model_dir, data_path, tmp_path):
+    port, out = _free_port(), tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "medseg.cli", "serve", str(model_dir), "--host", "127.0.0.1",
+                                "--port", str(port), "--out", str(out), "--quiet-seconds", "60", "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        peer = Peer("MEDSEG", "127.0.0.1", port)
+
+        def answers():
+            assert process.poll() is None, process.stdout.read()
+            try:
+                echo_peer(peer, timeout_s=2)
+                return True
+            except MedsegError:
+                return False
+
+        _wait(answers, 60, "`medseg serve` to answer C-ECHO")
+        files = _dicom_files(data_path(STUDY1))
+        send_files(peer, files)
+        folder = out / "incoming" / hashlib.sha256(_uid(files[0]).encode()).hexdigest()[:16]
+        assert len(list(folder.glob("*.dcm"))) == len(files)  # every acknowledged instance is on disk
+        idle = AE(ae_title="IDLE")
+        idle.add_requested_context(Verification)
+        held = idle.associate("127.0.0.1", port, ae_title="MEDSEG")  # a peer that never releases
+        assert held.is_established
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        _wait(lambda: not held.is_established, 10, "the held association to end")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read()
+    assert "stopped; 1 series left for the next start" in output, output
+    assert not any(secret in output for secret in SECRETS), output
