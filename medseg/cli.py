@@ -159,18 +159,27 @@ def infer(
     precision: str = typer.Option("auto", "--precision", help="auto, bf16, fp16 or fp32."),
     shard: str | None = typer.Option(None, "--shard", help="I/N: segment only every N-th case starting at I "
                                      "(0-based); under torchrun each rank takes its shard automatically."),
+    send_to: str | None = typer.Option(None, "--send-to", metavar="AE@HOST:PORT",
+                                       help="After the batch, C-STORE every DICOM SEG listed in OUTPUT_DIR to "
+                                       "this DICOM node (e.g. a PACS)."),
 ):
     """Segment every case under INPUT into OUTPUT_DIR: one uint8 NIfTI label map per case on the input's
     exact grid, a DICOM SEG for DICOM series, a JSON per case and summary.csv. A finished case is skipped
     when the same model and settings made it, else redone (--overwrite redoes all); a failing case is
     reported and the rest go on; exit code 1 if any case failed."""
+    import os
+
     from medseg.infer.batch import InferOptions, run_batch
+    from medseg.infer.dicom_net import parse_peer, send_results
     from medseg.infer.inputs import SeriesFilter
 
     options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg, mirror=tta,
                            overlap=overlap, series=SeriesFilter(modality, description, min_slices),
                            shard=_parse_shard(shard))
+    peer = parse_peer(send_to) if send_to else None  # parsed first: a mistyped peer fails before the batch
     summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=typer.echo)
+    if peer is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 sends every shard's
+        send_results(out_dir, peer, echo=typer.echo)
     if summary["failed"]:
         raise typer.Exit(1)
 
@@ -232,6 +241,39 @@ def demo(
 
     run_demo(out_dir, echo=typer.echo)
 
+
+@app.command()
+@one_line_errors
+def serve(
+    model: Path = typer.Argument(..., help="Model folder from `medseg train` or `medseg export`, or its .zip."),
+    ae_title: str = typer.Option("MEDSEG", "--ae-title", help="This node's AE title (calls to others are refused)."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(11112, "--port", help="TCP port to listen on."),
+    send_to: str | None = typer.Option(None, "--send-to", metavar="AE@HOST:PORT",
+                                       help="C-STORE each DICOM SEG to this node (e.g. the PACS that sent it)."),
+    out: Path = typer.Option(Path("medseg-node"), "--out", "-o", help="Output folder (as `medseg infer` writes it)."),
+    store: Path | None = typer.Option(None, "--store", help="Folder for received instances (default: OUT/incoming)."),
+    quiet_seconds: float = typer.Option(10.0, "--quiet-seconds", help="A series is complete when nothing arrived "
+                                        "for it for this many seconds."),
+    modality: str | None = typer.Option(None, "--modality", help="Only series of this modality."),
+    description: str | None = typer.Option(None, "--description",
+                                           help="Only series whose description matches this regex."),
+    min_slices: int = typer.Option(3, "--min-slices", help="Skip series with fewer slices."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto, bf16, fp16 or fp32."),
+):
+    """Run a DICOM node (C-STORE and C-ECHO): store every received instance, segment each series once it has
+    been quiet for --quiet-seconds (the checks and outputs of `medseg infer`), and send its DICOM SEG to
+    --send-to. A failing series is logged and the node goes on; SIGTERM or Ctrl-C stops it (exit code 0)."""
+    from medseg.infer.dicom_net import parse_peer
+    from medseg.infer.inputs import SeriesFilter
+    from medseg.infer.node import NodeSettings, run_node, stop_on_signals
+
+    settings = NodeSettings(ae_title=ae_title, host=host, port=port, out=out, store=store,
+                            send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,
+                            series=SeriesFilter(modality, description, min_slices), device=device,
+                            precision=precision)
+    run_node(model, settings, stop_on_signals(), echo=typer.echo)
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
