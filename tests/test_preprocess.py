@@ -1,4 +1,5 @@
-"""Plan, resampling and preprocessing inversion on anisotropic phantoms and the real CT."""
+"""Plan, resampling and preprocessing inversion on anisotropic phantoms, the real CT and a real
+hippocampus case (no overshoot from label and probability resampling)."""
 
 import json
 
@@ -10,7 +11,7 @@ from medseg.config import load_config
 from medseg.data import load_dataset
 from medseg.data.phantom import make_phantom, write_phantom_dataset
 from medseg.io import read_volume
-from medseg.preprocess import fingerprint, make_plan, preprocess, restore_labels
+from medseg.preprocess import fingerprint, make_plan, preprocess, restore_labels, restore_probabilities
 from medseg.preprocess.resample import resample_image, resample_labels
 
 
@@ -91,3 +92,38 @@ def test_plan_on_real_ct_uses_ct_normalisation(data_path, tmp_path):
     plan6 = dict(plan, target_spacing=[3.0, 3.0, 6.0])
     _, lab, _ = preprocess(read_volume(image), read_volume(seg, label=True), plan6)
     assert set(np.unique(lab)) <= set(values.tolist())
+
+
+@pytest.fixture()
+def hippocampus_case(data_path):
+    root = data_path("hippocampus")
+    return (read_volume(root / "imagesTr/hippocampus_001.nii.gz"),
+            read_volume(root / "labelsTr/hippocampus_001.nii.gz", label=True))
+
+
+def test_restored_probabilities_stay_within_unit_range(hippocampus_case):
+    image, label = hippocampus_case
+    # 1.6 x 1.6 x 5 mm target: separate z, and in-plane resampling both ways (where bicubic overshoots).
+    plan = {"target_spacing": [1.6, 1.6, 5.0], "labels": {0: "bg", 1: "anterior", 2: "posterior"},
+            "normalization": [{"scheme": "zscore"}], "crop_nonzero": True}
+    _, lab, trace = preprocess(image, label, plan)
+    assert trace.separate_z_axis == 2
+    hard = np.stack([(lab == k).astype(np.float32) for k in (0, 1, 2)])  # 0/1 steps: the worst case
+    probs = restore_probabilities(hard, trace)
+    assert probs.shape == (3, *image.spatial_shape)
+    assert probs.min() >= 0.0 and probs.max() <= 1.0
+    assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    cropped = [b - a for a, b in trace.crop_box]
+    cubic = resample_image(hard, cropped, separate_z_axis=2, kernel="cubic")
+    assert cubic.min() < -0.01 and cubic.max() > 1.01  # what bicubic did to probabilities
+
+
+def test_label_resampling_with_separate_z_has_no_overshoot(hippocampus_case):
+    _, label = hippocampus_case
+    onehot = np.stack([(label.array == k).astype(np.float32) for k in (0, 1, 2)])
+    new_shape = (22, 32, 7)
+    linear = resample_image(onehot, new_shape, separate_z_axis=2, kernel="linear")
+    assert linear.min() >= 0.0 and linear.max() <= 1.0 + 1e-6
+    assert resample_image(onehot, new_shape, separate_z_axis=2, kernel="cubic").max() > 1.01
+    out = resample_labels(label.array, new_shape, [0, 1, 2], separate_z_axis=2)
+    assert set(np.unique(out)) == {0, 1, 2}

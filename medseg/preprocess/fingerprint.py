@@ -1,4 +1,8 @@
-"""Dataset fingerprint: spacings, shapes, foreground intensities and label volumes of every case."""
+"""Dataset fingerprint: spacings, shapes, foreground intensities and label volumes of every case.
+
+Spacings and shapes are per canonical (closest-RAS) axis, as preprocessing sees the cases, so that
+the plan does not depend on how each case was stored.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 from medseg.data.dataset import Case, Dataset
 from medseg.preprocess.crop import crop, nonzero_box
 from medseg.preprocess.io import load_case
+from medseg.preprocess.orientation import canonical_ornt, to_canonical
 
 _SAMPLES_PER_CASE = 10_000
 
@@ -17,9 +22,10 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
     """Compute the fingerprint of the labelled cases of ``dataset``.
 
     Returns:
-        JSON-ready dict: ``spacings`` and ``shapes`` (after non-zero crop) per case, ``median_spacing``,
-        ``median_shape``, per-channel foreground ``intensity`` statistics (mean, std, percentiles 0.5
-        and 99.5), ``label_voxels`` (median voxels per class) and ``label_volume_mm3``.
+        JSON-ready dict: ``spacings`` (mm) and ``shapes`` (voxels, after non-zero crop) per case along
+        the canonical axes, ``median_spacing``, ``median_shape``, per-channel foreground ``intensity``
+        statistics (mean, std, percentiles 0.5 and 99.5), ``label_voxels`` (median voxels per class)
+        and ``label_volume_mm3``.
     """
     cases = dataset.labelled
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -53,6 +59,8 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
 
 def _case_row(case: Case, dataset: Dataset, seed: int) -> dict:
     image, label = load_case(case)
+    ornt = canonical_ornt(image.affine)
+    image, label = to_canonical(image, ornt), to_canonical(label, ornt)
     box = nonzero_box(image.array)
     img = crop(image.array, box)
     lab = crop(label.array, box)

@@ -2,21 +2,27 @@
 
 ``preprocess(image, label, plan) -> (array, label, Trace)`` and ``restore_labels(scores, trace)``
 are inverse in geometry: restored label maps have the input's exact shape and affine.
+
+Steps: reorient to closest RAS (:mod:`medseg.preprocess.orientation`), so that the result does not
+depend on how the scan was stored; crop to non-zero; resample to the plan's spacing; normalise.
+Crop box, spacings, shapes and the separate-z axis are all per canonical axis.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from medseg.preprocess.crop import crop, nonzero_box, uncrop
 from medseg.preprocess.normalize import normalize
+from medseg.preprocess.orientation import IDENTITY, canonical_ornt, from_canonical, reoriented_shape, to_canonical
 from medseg.preprocess.resample import (
     argmax_resampled,
     needs_separate_z,
     resample_image,
     resample_labels,
+    resample_probabilities,
     shape_for_spacing,
 )
 from medseg.types import Volume
@@ -24,7 +30,20 @@ from medseg.types import Volume
 
 @dataclass
 class Trace:
-    """What preprocessing did to one image (JSON-serialisable via ``asdict``)."""
+    """What preprocessing did to one image (JSON-serialisable via ``to_dict``).
+
+    Attributes:
+        original_shape: Spatial shape (X, Y, Z) of the input as stored.
+        original_affine: 4x4 RAS affine of the input as stored.
+        crop_box: ``[start, stop]`` per canonical axis, in the reoriented input grid.
+        original_spacing: Input voxel size along the canonical axes (mm).
+        target_spacing: The plan's voxel size (mm, canonical axes).
+        resampled_shape: Spatial shape after cropping and resampling.
+        separate_z_axis: Canonical axis resampled on its own (images), or None.
+        normalization: Per-channel intensity parameters applied.
+        orientation: nibabel orientation ``(3, 2)`` (new axis, flip) per stored axis that took the
+            input to closest RAS; the identity for traces written before reorientation existed.
+    """
 
     original_shape: list[int]
     original_affine: list[list[float]]
@@ -34,33 +53,43 @@ class Trace:
     resampled_shape: list[int]
     separate_z_axis: int | None
     normalization: list[dict]
+    orientation: list[list[int]] = field(default_factory=lambda: IDENTITY.tolist())
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """Spatial shape of the input after reorientation (the grid ``crop_box`` refers to)."""
+        return reoriented_shape(self.original_shape, np.asarray(self.orientation))
+
 
 def preprocess(image: Volume, label: Volume | None, plan: dict) -> tuple[np.ndarray, np.ndarray | None, Trace]:
-    """Crop, resample and normalise a ``(C, X, Y, Z)`` image (and its label) as the plan says.
+    """Reorient, crop, resample and normalise a ``(C, X, Y, Z)`` or ``(X, Y, Z)`` image (and its label
+    map on the same grid) as the plan says.
 
     Returns:
-        ``(image (C, x, y, z) float32, label (x, y, z) int16 or None, trace)``.
+        ``(image (C, x, y, z) float32, label (x, y, z) int16 or None, trace)``, axes in closest-RAS
+        order whatever the input's storage order.
     """
-    data = image.array if image.array.ndim == 4 else image.array[None]
+    ornt = canonical_ornt(image.affine)
+    canonical = to_canonical(image, ornt)
+    data = canonical.array if canonical.array.ndim == 4 else canonical.array[None]
     box = nonzero_box(data) if plan.get("crop_nonzero", True) else [(0, n) for n in data.shape[1:]]
     data = crop(data, box)
-    new_shape = shape_for_spacing(data.shape[1:], image.spacing, plan["target_spacing"])
-    axis = separate_z_axis(image.spacing, plan["target_spacing"], plan.get("anisotropy_threshold", 3.0))
+    new_shape = shape_for_spacing(data.shape[1:], canonical.spacing, plan["target_spacing"])
+    axis = separate_z_axis(canonical.spacing, plan["target_spacing"], plan.get("anisotropy_threshold", 3.0))
     data = resample_image(data, new_shape, axis)
     data, applied = normalize(data, plan["normalization"])
     lab = None
     if label is not None:
-        lab = crop(label.array, box).astype(np.int16)
-        lab = resample_labels(lab, new_shape, sorted(plan["labels"]), axis)
+        lab = crop(to_canonical(label, ornt).array, box).astype(np.int16)
+        lab = resample_labels(lab, new_shape, sorted(plan["labels"]))
     trace = Trace(
         original_shape=list(image.spatial_shape), original_affine=image.affine.tolist(),
-        crop_box=[list(b) for b in box], original_spacing=list(image.spacing),
-        target_spacing=list(plan["target_spacing"]), resampled_shape=list(new_shape),
-        separate_z_axis=axis, normalization=applied,
+        crop_box=[[int(a), int(b)] for a, b in box], original_spacing=list(canonical.spacing),
+        target_spacing=list(plan["target_spacing"]), resampled_shape=[int(n) for n in new_shape],
+        separate_z_axis=axis, normalization=applied, orientation=ornt.tolist(),
     )
     return data, lab, trace
 
@@ -73,24 +102,28 @@ def separate_z_axis(spacing, target_spacing, threshold: float = 3.0) -> int | No
 
 
 def restore_labels(scores: np.ndarray, trace: Trace, labels) -> np.ndarray:
-    """Class scores ``(K, x, y, z)`` in preprocessed space -> label map on the original grid.
+    """Class scores ``(K, x, y, z)`` in preprocessed space -> ``(X, Y, Z)`` int16 label map on the
+    input's grid (its stored axis order).
 
-    Scores are resampled to the cropped grid class by class, arg-maxed, mapped to label values and
-    placed back into the full image (background outside the crop box).
+    Scores are resampled (linearly) to the cropped grid class by class, arg-maxed, mapped to label
+    values, placed back into the full canonical grid (background outside the crop box) and reoriented
+    back to the stored order.
     """
     cropped_shape = [b - a for a, b in trace.crop_box]
-    index = argmax_resampled((scores[k] for k in range(scores.shape[0])), cropped_shape, trace.separate_z_axis)
+    index = argmax_resampled((scores[k] for k in range(scores.shape[0])), cropped_shape)
     values = np.asarray(sorted(labels), dtype=np.int16)[index]
-    return uncrop(values, [tuple(b) for b in trace.crop_box], trace.original_shape, fill=0)
+    full = uncrop(values, [tuple(b) for b in trace.crop_box], trace.canonical_shape, fill=0)
+    return np.ascontiguousarray(from_canonical(full, np.asarray(trace.orientation)))
 
 
 def restore_probabilities(probs: np.ndarray, trace: Trace) -> np.ndarray:
-    """Probabilities ``(K, x, y, z)`` -> ``(K, X, Y, Z)`` float32 on the original grid (background
-    class 1 outside the crop box)."""
+    """Probabilities ``(K, x, y, z)`` -> ``(K, X, Y, Z)`` float32 in [0, 1] on the input's grid (its
+    stored axis order; background class 1 outside the crop box). Resampling is linear, never cubic.
+    The result may be a strided view (no copy of this largest array just to reorder axes)."""
     cropped_shape = [b - a for a, b in trace.crop_box]
-    out = np.zeros((probs.shape[0], *trace.original_shape), dtype=np.float32)
+    out = np.zeros((probs.shape[0], *trace.canonical_shape), dtype=np.float32)
     out[0] = 1.0
     region = (slice(None),) + tuple(slice(a, b) for a, b in trace.crop_box)
-    out[region] = resample_image(probs, cropped_shape, trace.separate_z_axis)
-    return out
+    out[region] = resample_probabilities(probs, cropped_shape)
+    return from_canonical(out, np.asarray(trace.orientation))
 

@@ -33,7 +33,12 @@ def target_spacing(fingerprint: dict, threshold: float = 3.0) -> list[float]:
 
 def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[int, str],
               config: RunConfig) -> dict:
-    """Resolve every value a training run needs; config values that are set win over planned ones."""
+    """Resolve every value a training run needs; config values that are set win over planned ones.
+
+    Per-axis values (spacing, patch size, strides, kernels, separate-z axis) refer to the canonical
+    closest-RAS axes that :func:`medseg.preprocess.preprocess` reorients every case to; the plan says
+    so under ``"orientation"``.
+    """
     pre, tr, model = config.preprocess, config.train, config.model
     spacing = list(pre.target_spacing) if pre.target_spacing else target_spacing(fingerprint, pre.anisotropy_threshold)
     median_spacing = np.asarray(fingerprint["median_spacing"], float)
@@ -53,6 +58,7 @@ def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[
     target_axis = needs_separate_z(spacing, pre.anisotropy_threshold)
     separate = target_axis if target_axis is not None else original_axis
     return {
+        "orientation": "RAS",
         "target_spacing": spacing,
         "separate_z_axis": separate,
         "patch_size": [int(p) for p in patch],

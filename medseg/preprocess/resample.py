@@ -3,9 +3,11 @@
 - Images: trilinear; for anisotropic data ("separate z": one axis over ``anisotropy_threshold`` times
   coarser than the others) bicubic within each slice and linear across slices, so thin in-plane
   detail is kept without ringing across thick slices.
-- Label maps and probabilities: class by class (one-hot -> linear -> running argmax), so labels are
-  never interpolated linearly-then-rounded (which would create in-between label values) and only
-  two full-size float buffers exist at any time, whatever the number of classes.
+- Label maps and probabilities: linear only (``kernel="linear"``), because a cubic kernel overshoots:
+  one-hot memberships and probabilities would leave [0, 1]. Label maps go class by class (one-hot ->
+  linear -> running argmax), so labels are never interpolated linearly-then-rounded (which would
+  create in-between label values) and only two full-size float buffers exist at any time, whatever
+  the number of classes.
 
 torch's interpolation is about 10x faster than scipy's ``zoom`` at order 1 on this CPU (see
 ``benchmarks/resample.py``).
@@ -13,9 +15,13 @@ torch's interpolation is about 10x faster than scipy's ``zoom`` at order 1 on th
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+Kernel = Literal["cubic", "linear"]
 
 
 def needs_separate_z(spacing, threshold: float = 3.0) -> int | None:
@@ -30,22 +36,36 @@ def shape_for_spacing(shape, spacing, target_spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratio, strict=True))  # type: ignore
 
 
-def resample_image(array: np.ndarray, new_shape, separate_z_axis: int | None = None) -> np.ndarray:
-    """Resample a ``(C, X, Y, Z)`` float image to ``(C, *new_shape)``.
+def resample_image(array: np.ndarray, new_shape, separate_z_axis: int | None = None,
+                   kernel: Kernel = "cubic") -> np.ndarray:
+    """Resample a ``(C, X, Y, Z)`` float image to ``(C, *new_shape)`` float32.
 
     Args:
-        separate_z_axis: Axis resampled separately (linear) while the other two use bicubic.
+        separate_z_axis: Axis resampled on its own, always linearly; None: trilinear on all axes.
+        kernel: Within the planes across ``separate_z_axis``: ``"cubic"`` (bicubic; for images only,
+            it can overshoot the input's range) or ``"linear"`` (stays within the input's range: for
+            one-hot label memberships and probabilities). Bilinear in-plane then linear across is
+            trilinear interpolation (the kernel is separable), so ``"linear"`` always runs trilinear.
     """
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(array.shape[1:]) == new_shape:
         return array.astype(np.float32, copy=False)
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     with torch.no_grad():
-        if separate_z_axis is None:
+        if separate_z_axis is None or kernel == "linear":
             out = F.interpolate(x[None], size=new_shape, mode="trilinear", align_corners=False)[0]
         else:
             out = _separate_z(x, new_shape, separate_z_axis)
     return out.numpy()
+
+
+def resample_probabilities(probs: np.ndarray, new_shape) -> np.ndarray:
+    """Resample ``(K, X, Y, Z)`` class probabilities to ``(K, *new_shape)`` float32, trilinearly.
+
+    Linear interpolation keeps values in [0, 1] and their sum at 1 (a separate-z axis makes no
+    difference for a linear kernel); the clip is only a safety net against float rounding.
+    """
+    return np.clip(resample_image(probs, new_shape, kernel="linear"), 0.0, 1.0)
 
 
 def _separate_z(x: torch.Tensor, new_shape, axis: int) -> torch.Tensor:
@@ -71,18 +91,20 @@ def resample_labels(label: np.ndarray, new_shape, classes, separate_z_axis: int 
     Args:
         classes: Label values to consider; voxels take the class with the highest interpolated
             membership. Background must be among them.
+        separate_z_axis: Has no effect (kept so calls read like :func:`resample_image`'s): linear
+            resampling is the same with or without a separate axis.
     """
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(label.shape) == new_shape:
         return label
     classes = list(classes)
     scores = (np.asarray(label)[None] == np.asarray(classes, dtype=label.dtype).reshape(-1, 1, 1, 1))
-    out = argmax_resampled(_as_float_iter(scores), new_shape, separate_z_axis)
+    out = argmax_resampled(_as_float_iter(scores), new_shape)
     return np.asarray(classes, dtype=label.dtype)[out]
 
 
-def argmax_resampled(score_maps, new_shape, separate_z_axis: int | None = None) -> np.ndarray:
-    """Argmax over classes of score maps resampled to ``new_shape``, one class at a time.
+def argmax_resampled(score_maps, new_shape) -> np.ndarray:
+    """Argmax over classes of score maps resampled (trilinearly) to ``new_shape``, one class at a time.
 
     Args:
         score_maps: Iterable of ``(X, Y, Z)`` float arrays (probabilities or one-hot), class order.
@@ -93,7 +115,7 @@ def argmax_resampled(score_maps, new_shape, separate_z_axis: int | None = None) 
     best = None
     index = None
     for k, score in enumerate(score_maps):
-        resampled = resample_image(score[None], new_shape, separate_z_axis)[0]
+        resampled = resample_image(score[None], new_shape, kernel="linear")[0]
         if best is None:
             best = resampled
             index = np.zeros(new_shape, dtype=np.int16)
