@@ -40,7 +40,7 @@ def one_line_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from medseg.errors import MedsegError
+        from medseg.errors import MedsegError, unexpected
 
         try:
             return func(*args, **kwargs)
@@ -52,8 +52,7 @@ def one_line_errors(func):
         except Exception as exc:
             if os.environ.get("MEDSEG_DEBUG"):
                 raise
-            text = " ".join(str(exc).split())[:300]
-            typer.echo(f"error: unexpected {type(exc).__name__}: {text} (MEDSEG_DEBUG=1 shows details)", err=True)
+            typer.echo(f"error: {unexpected(exc)} (MEDSEG_DEBUG=1 shows details)", err=True)
             raise typer.Exit(1) from None
 
     return wrapper

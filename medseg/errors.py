@@ -10,6 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, at most ``limit`` characters (its type name when it has none)."""
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:limit]
+
+
+def unexpected(exc: BaseException) -> str:
+    """``unexpected TypeName: message`` for an error medseg did not foresee (a bug or a library's surprise)."""
+    return f"unexpected {type(exc).__name__}: {one_line(exc, 300)}"
+
+
 class MedsegError(Exception):
     """A one-line, user-facing error about an input.
 

@@ -184,6 +184,8 @@ def test_mistyped_commands_get_a_plain_answer(data_path, tmp_path):
         ("convert", str(empty), str(tmp_path / "o")): "no DICOM image series found",
         ("convert", str(data_path("dicom/hippocampus_crops/study1")), str(tmp_path / "afile")):
             "is an existing file",
+        ("infer", str(tmp_path / "no_model"), str(data_path(CT)), str(tmp_path / "afile")): "is an existing file",
+        ("train", str(data_path("hippocampus")), "--out", str(tmp_path / "afile" / "run")): "is an existing file",
     }
     for args, expected in cases.items():
         result = runner.invoke(app, list(args))

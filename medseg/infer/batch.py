@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, unexpected
 from medseg.infer.inputs import InputCase, SeriesFilter, discover
-from medseg.io.atomic import remove_stale_temporaries, write_csv_atomic, write_text_atomic
+from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_csv_atomic, write_text_atomic
 
 
 @dataclass
@@ -48,7 +48,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
 
     options = options or InferOptions()
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = make_output_dir(out_dir)  # a mistyped output path fails before any work
     ctx, dev = setup(device)  # under torchrun: one shard per rank, one GPU per rank
     shard = options.shard or ((ctx.rank, ctx.world) if ctx.world > 1 else None)
     cases, skipped_lines = discover(input_path, options.series)
@@ -63,7 +63,6 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
         cases = sorted(cases, key=lambda c: c.id)[index::count]
     predictor = Predictor.from_dir(model_dir, device=str(dev), precision=precision)
     settings = predictor.settings(options.mirror, options.overlap)
-    out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # left by a run that was killed mid-write
     rows = []
     for case in tqdm(cases, desc="cases", unit="case", disable=None):
@@ -83,9 +82,8 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
             rows.append({"id": case.id, "status": "failed", "error": str(exc)})
             echo(f"error: {case.id}: {exc}")
         except Exception as exc:  # one broken case must not stop an unattended batch
-            text = " ".join(str(exc).split())[:300]
-            rows.append({"id": case.id, "status": "failed", "error": f"{type(exc).__name__}: {text}"})
-            echo(f"error: {case.id}: unexpected {type(exc).__name__}: {text}")
+            rows.append({"id": case.id, "status": "failed", "error": unexpected(exc)})
+            echo(f"error: {case.id}: {unexpected(exc)}")
     summary_path = out / "summary.csv"
     if shard:  # each shard writes its own rows; the summary merges every shard done so far (all, under torchrun)
         write_csv_atomic(out / f"summary.shard{shard[0]}of{shard[1]}.csv", rows)

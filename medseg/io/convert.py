@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, unexpected
 from medseg.io.atomic import make_output_dir, write_text_atomic
 from medseg.io.dicom import read_series, scan_dicom
 from medseg.io.naming import safe_token, series_digest, series_file_stem
@@ -64,8 +64,7 @@ def _convert_one(series, out_dir: Path, overwrite: bool, suffix: str) -> Convert
     except MedsegError as exc:
         return Converted(series.name, error=str(exc))
     except Exception as exc:  # one broken series must never stop the others
-        text = " ".join(str(exc).split())[:200]
-        return Converted(series.name, error=f"{series.name}: unexpected {type(exc).__name__}: {text}")
+        return Converted(series.name, error=f"{series.name}: {unexpected(exc)}")
 
 
 def _holds(sidecar: Path, series) -> bool:

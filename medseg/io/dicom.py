@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 from medseg.io.dicom_files import open_dicom
 from medseg.io.dicom_series import DicomSeries, FolderScan, scan_folder
 from medseg.io.memory import check_fits
-from medseg.io.nifti import _why
 from medseg.types import Volume
 
 
@@ -80,7 +79,7 @@ def _decode_slice(path: Path, series: DicomSeries) -> np.ndarray:
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
     except Exception as exc:  # decoders raise many types for damaged codestreams
-        raise MedsegError(f"{series.name}: pixel data cannot be decoded ({_why(exc)})", path) from None
+        raise MedsegError(f"{series.name}: pixel data cannot be decoded ({one_line(exc)})", path) from None
     if pixels.shape != (series.rows, series.columns):
         raise MedsegError(f"{series.name}: pixel array {pixels.shape} does not match Rows x Columns "
                           f"{(series.rows, series.columns)}", path)
@@ -101,7 +100,7 @@ def _decode_multiframe(series: DicomSeries) -> np.ndarray:
     try:
         frames = hd.Image.from_dataset(open_dicom(path), copy=False).get_volume(dtype=np.float32).array
     except Exception as exc:
-        raise MedsegError(f"{series.name}: pixel data cannot be decoded ({_why(exc)})", path) from None
+        raise MedsegError(f"{series.name}: pixel data cannot be decoded ({one_line(exc)})", path) from None
     if frames.shape != (series.frames, series.rows, series.columns):
         raise MedsegError(f"{series.name}: decoded frames {frames.shape} differ from the header's geometry", path)
     volume = frames.transpose(2, 1, 0)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 from medseg.io.atomic import atomic_path
 from medseg.io.geometry import set_sitk_geometry, sitk_to_ras_affine
 from medseg.io.memory import check_fits
-from medseg.io.nifti import _why, to_label_array
+from medseg.io.nifti import to_label_array
 from medseg.io.paths import regular_file_problem
 from medseg.types import Volume
 
@@ -31,7 +31,7 @@ def read_itk(path: str | Path, label: bool = False) -> Volume:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise MedsegError(f"not a readable image header ({_why(exc)})", path) from None
+        raise MedsegError(f"not a readable image header ({one_line(exc)})", path) from None
     size = list(reader.GetSize()) + [reader.GetNumberOfComponents()]
     check_fits(size, 8, path)
     if reader.GetDimension() not in (2, 3):
@@ -39,7 +39,7 @@ def read_itk(path: str | Path, label: bool = False) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise MedsegError(f"pixel data cannot be read ({_why(exc)})", path) from None
+        raise MedsegError(f"pixel data cannot be read ({one_line(exc)})", path) from None
     if image.GetDimension() == 2:
         image = sitk.JoinSeries([image])
     array = sitk.GetArrayFromImage(image)  # (z, y, x) or (z, y, x, c)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 from medseg.io.atomic import atomic_path
 from medseg.io.memory import check_fits
 from medseg.types import Volume
@@ -49,7 +49,7 @@ def read_nifti(path: str | Path, label: bool = False) -> Volume:
     except FileNotFoundError:
         raise MedsegError("file not found", path) from None
     except Exception as exc:  # nibabel raises many types for damaged headers
-        raise MedsegError(f"not a readable NIfTI file ({_why(exc)})", path) from None
+        raise MedsegError(f"not a readable NIfTI file ({one_line(exc)})", path) from None
     if img.get_data_dtype().kind not in "biuf":
         raise MedsegError(f"unsupported voxel type {img.get_data_dtype()} (complex or RGB data); a scan must hold "
                           "real numbers", path)
@@ -61,7 +61,7 @@ def read_nifti(path: str | Path, label: bool = False) -> Volume:
     try:
         raw = np.asanyarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
     except Exception as exc:  # truncated gzip, short file...
-        raise MedsegError(f"pixel data cannot be read ({_why(exc)})", path) from None
+        raise MedsegError(f"pixel data cannot be read ({one_line(exc)})", path) from None
     data = np.asarray(raw).reshape(shape)
     if data.ndim == 4:
         data = np.moveaxis(data, -1, 0)
@@ -195,8 +195,3 @@ def _spatial_first_shape(shape, path: Path) -> tuple[int, ...]:
 def _is_orthogonal(affine: np.ndarray) -> bool:
     m = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     return bool(np.allclose(m.T @ m, np.eye(3), atol=1e-6))
-
-
-def _why(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]

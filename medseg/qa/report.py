@@ -114,13 +114,10 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
 
 
 def _truth_paths(gt: Path) -> dict[str, Path]:
-    from medseg.io.paths import image_stem, image_suffix
+    """The same pairing as ``medseg evaluate``: label files by case id."""
+    from medseg.metrics.evaluate import ground_truth
 
-    if gt.is_dir() and not (gt / "dataset.json").exists() and not list(gt.glob("*.yaml")):
-        return {image_stem(p): p for p in gt.iterdir() if image_suffix(p)}
-    from medseg.data import load_dataset
-
-    return {c.id: c.label for c in load_dataset(gt).cases if c.label is not None}
+    return ground_truth(gt)[0]
 
 
 def _training_volumes(record: dict) -> dict | None:

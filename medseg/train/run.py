@@ -24,7 +24,7 @@ import torch
 
 from medseg.config import RunConfig, config_from_dict, parse_duration, save_config
 from medseg.errors import MedsegError
-from medseg.io.atomic import remove_stale_temporaries, write_text_atomic
+from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_text_atomic
 from medseg.model.distributed import Context
 from medseg.model.folder import ModelFolder
 from medseg.model.inference import InferenceSettings, component_rules
@@ -71,7 +71,7 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
     failure = None
     if ctx.main:  # rank 0 checks, plans, splits and fills the cache; the others then read what it wrote
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            make_output_dir(out)
             remove_stale_temporaries(out)  # left by a run that was killed mid-write
             refuse_bad_dataset(dataset, echo)
             _prepare(dataset, config, out, fold, echo)
