@@ -86,7 +86,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         model_dir = make_model(tmp, args.model)
         predictor = Predictor.from_dir(model_dir, device="cpu")
-        net, patch = predictor.nets[0], predictor.plan["patch_size"]
+        net, patch = predictor.nets[0], predictor.plan.patch_size
         rng = np.random.default_rng(0)
         image = (rng.normal(100, 20, SHAPE)).astype(np.float32)
         write_volume(Volume(image, np.eye(4)), tmp / "in" / "scan.nii.gz")

@@ -93,7 +93,6 @@ def plan(
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
 ):
     """Fingerprint a dataset and print the training plan (spacing, patch, network, normalisation)."""
-    import json
 
     from medseg.config import load_config
     from medseg.data import load_dataset
@@ -101,7 +100,7 @@ def plan(
 
     data = load_dataset(dataset)
     plan_ = make_plan(fingerprint(data.without_test()), data.channels, data.labels, load_config(config, set_))
-    typer.echo(json.dumps(plan_, indent=1))
+    typer.echo(plan_.to_json())
 
 
 @app.command()

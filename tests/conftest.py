@@ -54,3 +54,17 @@ def data_path(shared_data):
 def phantom():
     """A phantom image and label: 48x48x20, 1.5x1.5x4 mm, rotated (oblique) grid."""
     return make_phantom(seed=3)
+
+
+@pytest.fixture()
+def preprocessing_plan():
+    """Build a :class:`~medseg.preprocess.plan.Plan` holding just what preprocessing reads (spacing, labels,
+    normalisation, crop); the network fields get small placeholders."""
+    from medseg.preprocess.plan import Plan
+
+    def build(target_spacing, labels, normalization=({"scheme": "zscore"},), **extra) -> Plan:
+        return Plan(target_spacing=list(target_spacing), labels=dict(labels), normalization=list(normalization),
+                    channels={0: "MR"}, patch_size=[16, 16, 16], batch_size=1, strides=[[1, 1, 1]],
+                    kernel_sizes=[[3, 3, 3]], filters=[8], **extra)
+
+    return build

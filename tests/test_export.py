@@ -117,3 +117,20 @@ def test_zip_of_a_user_zipped_folder_loads(run_dir, tmp_path):
         for path in (tmp_path / "model").iterdir():
             zf.write(path, f"model/{path.name}")
     assert Predictor.from_dir(tmp_path / "wrapped.zip").model_id == ModelFolder(run_dir).model_id
+
+
+def test_models_from_other_versions_or_before_reorientation_warn(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy)
+    versions = json.loads((copy / "versions.json").read_text())
+    versions["torch"] = "1.13.1"
+    (copy / "versions.json").write_text(json.dumps(versions))
+    plan = json.loads((copy / "plan.json").read_text())
+    plan["orientation"] = ""
+    (copy / "plan.json").write_text(json.dumps(plan))
+    warnings = ModelFolder(copy).compatibility_warnings()
+    assert any("trained with torch 1.13.1" in w for w in warnings)
+    assert any("before medseg reoriented" in w for w in warnings)
+    assert ModelFolder(run_dir).compatibility_warnings() == []

@@ -77,10 +77,9 @@ def test_orientation_module_round_trips_exactly(hippocampus_case):
         assert np.array_equal(from_canonical(to_canonical(Volume(four_d, stored.affine)).array, o), four_d)
 
 
-def test_preprocess_is_identical_for_every_storage_order_and_restore_undoes_it(hippocampus_case):
+def test_preprocess_is_identical_for_every_storage_order_and_restore_undoes_it(hippocampus_case, preprocessing_plan):
     image, label = hippocampus_case
-    plan = {"target_spacing": list(image.spacing), "labels": {0: "bg", 1: "anterior", 2: "posterior"},
-            "normalization": [{"scheme": "zscore"}], "crop_nonzero": True}
+    plan = preprocessing_plan(image.spacing, {0: "bg", 1: "anterior", 2: "posterior"})
     results = {}
     for name, ornt in VARIANTS.items():
         img, lab = stored_as(image, ornt), stored_as(label, ornt)

@@ -1,6 +1,7 @@
 """Plan, resampling and preprocessing inversion on anisotropic phantoms, the real CT and a real
 hippocampus case (no overshoot from label and probability resampling)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from medseg.data import load_dataset
 from medseg.data.phantom import make_phantom, write_phantom_dataset
 from medseg.io import read_volume
 from medseg.preprocess import fingerprint, make_plan, preprocess, restore_labels, restore_probabilities
+from medseg.preprocess.plan import Plan
 from medseg.preprocess.resample import resample_image, resample_labels
 
 
@@ -25,19 +27,18 @@ def anisotropic_dataset(tmp_path_factory):
 def test_plan_picks_separate_z_for_thick_slices(anisotropic_dataset):
     data = load_dataset(anisotropic_dataset)
     plan = make_plan(fingerprint(data), data.channels, data.labels, load_config())
-    assert plan["separate_z_axis"] == 2
-    assert plan["target_spacing"][:2] == pytest.approx([0.8, 0.8], abs=1e-3)
-    assert plan["target_spacing"][2] == pytest.approx(5.0, abs=1e-3)
+    assert plan.separate_z_axis == 2
+    assert plan.target_spacing[:2] == pytest.approx([0.8, 0.8], abs=1e-3)
+    assert plan.target_spacing[2] == pytest.approx(5.0, abs=1e-3)
     # No 3-wide convolution and no downsampling across 5 mm slices until in-plane has caught up.
-    assert plan["kernel_sizes"][0] == [3, 3, 1] and plan["strides"][1] == [2, 2, 1]
-    assert plan["normalization"] == [{"scheme": "zscore"}]
+    assert plan.kernel_sizes[0] == [3, 3, 1] and plan.strides[1] == [2, 2, 1]
+    assert plan.normalization == [{"scheme": "zscore"}]
 
 
-def test_separate_z_resampling_keeps_labels_and_inverts(anisotropic_dataset):
+def test_separate_z_resampling_keeps_labels_and_inverts(anisotropic_dataset, preprocessing_plan):
     image = read_volume(anisotropic_dataset / "imagesTr/phantom_000.nii.gz")
     label = read_volume(anisotropic_dataset / "labelsTr/phantom_000.nii.gz", label=True)
-    plan = {"target_spacing": [0.8, 0.8, 2.0], "separate_z_axis": 2, "labels": {0: "bg", 1: "organ", 2: "lesion"},
-            "normalization": [{"scheme": "zscore"}], "crop_nonzero": True}
+    plan = preprocessing_plan([0.8, 0.8, 2.0], {0: "bg", 1: "organ", 2: "lesion"}, separate_z_axis=2)
     data, lab, trace = preprocess(image, label, plan)
     assert lab.shape == data.shape[1:] and data.shape[3] == 30  # 12 slices x 5 mm -> 30 x 2 mm
     assert set(np.unique(lab)) <= {0, 1, 2} and 2 in lab  # no new values, the small lesion survives
@@ -50,10 +51,9 @@ def test_separate_z_resampling_keeps_labels_and_inverts(anisotropic_dataset):
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
 
 
-def test_round_trip_is_exact_without_resampling():
+def test_round_trip_is_exact_without_resampling(preprocessing_plan):
     image, label = make_phantom(shape=(40, 36, 10), spacing=(1, 1, 2), seed=5)
-    plan = {"target_spacing": list(image.spacing), "separate_z_axis": None, "labels": {0: "b", 1: "o", 2: "l"},
-            "normalization": [{"scheme": "zscore"}], "crop_nonzero": True}
+    plan = preprocessing_plan(image.spacing, {0: "b", 1: "o", 2: "l"})
     _, lab, trace = preprocess(image, label, plan)
     onehot = np.stack([(lab == k).astype(np.float32) for k in (0, 1, 2)])
     assert np.array_equal(restore_labels(onehot, trace, [0, 1, 2]), label.array)
@@ -84,12 +84,12 @@ def test_plan_on_real_ct_uses_ct_normalisation(data_path, tmp_path):
     data = load_dataset(manifest)
     fp = fingerprint(data)
     plan = make_plan(fp, data.channels, data.labels, load_config())
-    norm = plan["normalization"][0]
+    norm = plan.normalization[0]
     assert norm["scheme"] == "ct" and -1100 <= norm["lower"] < norm["upper"] <= 1207
-    assert plan["target_spacing"] == [3.0, 3.0, 3.0] and plan["separate_z_axis"] is None  # it is isotropic
-    json.dumps(plan)  # the plan is written as JSON
+    assert plan.target_spacing == [3.0, 3.0, 3.0] and plan.separate_z_axis is None  # it is isotropic
+    assert Plan.from_dict(json.loads(plan.to_json())) == plan  # the plan round-trips through JSON
     # Resampled to thick 6 mm slices and back, 41 organ labels keep exactly their values.
-    plan6 = dict(plan, target_spacing=[3.0, 3.0, 6.0])
+    plan6 = dataclasses.replace(plan, target_spacing=[3.0, 3.0, 6.0])
     _, lab, _ = preprocess(read_volume(image), read_volume(seg, label=True), plan6)
     assert set(np.unique(lab)) <= set(values.tolist())
 
@@ -101,11 +101,10 @@ def hippocampus_case(data_path):
             read_volume(root / "labelsTr/hippocampus_001.nii.gz", label=True))
 
 
-def test_restored_probabilities_stay_within_unit_range(hippocampus_case):
+def test_restored_probabilities_stay_within_unit_range(hippocampus_case, preprocessing_plan):
     image, label = hippocampus_case
     # 1.6 x 1.6 x 5 mm target: separate z, and in-plane resampling both ways (where bicubic overshoots).
-    plan = {"target_spacing": [1.6, 1.6, 5.0], "labels": {0: "bg", 1: "anterior", 2: "posterior"},
-            "normalization": [{"scheme": "zscore"}], "crop_nonzero": True}
+    plan = preprocessing_plan([1.6, 1.6, 5.0], {0: "bg", 1: "anterior", 2: "posterior"})
     _, lab, trace = preprocess(image, label, plan)
     assert trace.separate_z_axis == 2
     hard = np.stack([(lab == k).astype(np.float32) for k in (0, 1, 2)])  # 0/1 steps: the worst case

@@ -6,6 +6,7 @@ exactly the input's shape and affine.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from medseg.config import RunConfig
 from medseg.errors import MedsegError
 from medseg.model.device import autocast_dtype, choose_precision, resolve_device
 from medseg.model.inference import InferenceSettings, Prediction, component_rules, predict_volume
+from medseg.preprocess.plan import Plan
 from medseg.types import Volume
+
+log = logging.getLogger("medseg")
 
 __all__ = ["Predictor", "Prediction"]
 
@@ -23,11 +27,11 @@ __all__ = ["Predictor", "Prediction"]
 class Predictor:
     """A trained model (or several folds) ready to segment volumes."""
 
-    def __init__(self, nets: list[torch.nn.Module], plan: dict, config: RunConfig, device: torch.device,
+    def __init__(self, nets: list[torch.nn.Module], plan: Plan, config: RunConfig, device: torch.device,
                  dtype: torch.dtype | None, model_id: str):
         self.nets, self.plan, self.config = nets, plan, config
         self.device, self.dtype, self.model_id = device, dtype, model_id
-        self.labels = {int(k): v for k, v in plan["labels"].items()}
+        self.labels = dict(plan.labels)
         self.rules = component_rules(config.postprocess.rules, self.labels)
         self.model_dir: Path | None = None
 
@@ -47,6 +51,8 @@ class Predictor:
         with open_model(model_dir) as folders:
             for folder in folders:
                 folder.check()
+                for text in folder.compatibility_warnings():
+                    log.warning("%s: %s", folder.path, text)
                 this_plan = folder.load_plan()
                 if plan is not None and this_plan != plan:
                     raise MedsegError("fold folders were trained with different plans; cannot ensemble",
@@ -58,7 +64,7 @@ class Predictor:
             model_id = combined_id(folders)
         wanted = precision if precision != "auto" else config.train.precision
         chosen = choose_precision(wanted, dev, lambda: build_network(plan, config.model.__dict__),
-                                  (1, max(1, len(plan["channels"])), *plan["patch_size"]), key=network_key(plan))
+                                  (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
         dtype = autocast_dtype(chosen.precision)
         predictor = cls(nets, plan, config, dev, dtype, model_id)
         predictor.model_dir = Path(model_dir)

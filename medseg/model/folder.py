@@ -30,6 +30,7 @@ from pathlib import Path
 from medseg.config import RunConfig, config_from_dict
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, current_umask, write_text_atomic
+from medseg.preprocess.plan import Plan
 
 CONFIG, PLAN, WEIGHTS, LABELS, VERSIONS = "config.yaml", "plan.json", "weights.pt", "labels.json", "versions.json"
 FINGERPRINT, SUMS = "fingerprint.json", "SHA256SUMS"
@@ -102,12 +103,29 @@ class ModelFolder:
         if unlisted := [n for n in IDENTITY_FILES if n not in self.recorded_sums()]:
             raise MedsegError(f"SHA256SUMS does not cover {', '.join(unlisted)}", self.path)
 
-    def load_plan(self) -> dict:
-        """The plan, with integer label and channel keys (JSON keeps them as strings)."""
-        plan = json.loads((self.path / PLAN).read_text())
-        plan["labels"] = {int(k): v for k, v in plan["labels"].items()}
-        plan["channels"] = {int(k): v for k, v in plan["channels"].items()}
-        return plan
+    def compatibility_warnings(self) -> list[str]:
+        """Why this model may not behave as it did in training: other major versions of torch or MONAI, or
+        a plan made before inputs were reoriented to RAS (such a model saw arrays in stored order)."""
+        import importlib.metadata as md
+
+        warnings = []
+        try:
+            trained = json.loads((self.path / VERSIONS).read_text())
+        except (OSError, ValueError):
+            trained = {}
+        for package in ("torch", "monai"):
+            then, now = str(trained.get(package) or ""), md.version(package)
+            if then and then.split(".")[0] != now.split(".")[0]:
+                warnings.append(f"trained with {package} {then}, running {now}: results may differ; retrain or "
+                                f"install {package}=={then}")
+        if not self.load_plan().orientation:
+            warnings.append("planned before medseg reoriented inputs to RAS: results may depend on how scans are "
+                            "stored; retrain with this version")
+        return warnings
+
+    def load_plan(self) -> Plan:
+        """The plan, its keys and types checked."""
+        return Plan.read(self.path / PLAN)
 
     def load_config(self) -> RunConfig:
         """The resolved run config (validated: unknown keys and bad post-processing rules are errors)."""

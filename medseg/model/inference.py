@@ -17,6 +17,7 @@ from medseg.errors import MedsegError
 from medseg.model.sliding import predict_probabilities
 from medseg.postprocess import ComponentRule, postprocess
 from medseg.preprocess.pipeline import Trace, preprocess, restore_labels, restore_probabilities
+from medseg.preprocess.plan import Plan
 from medseg.types import Volume
 
 
@@ -53,15 +54,15 @@ class Prediction:
     postprocess: dict = field(default_factory=dict)
 
 
-def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: dict, settings: InferenceSettings,
+def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, settings: InferenceSettings,
                    device: torch.device, dtype: torch.dtype | None,
                    keep_probabilities: bool = False) -> Prediction:
     """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) with one network or an ensemble.
 
     Probabilities of several networks are averaged before the argmax.
     """
-    labels = {int(k): v for k, v in plan["labels"].items()}
-    expected = max(1, len(plan["channels"]))
+    labels = dict(plan.labels)
+    expected = plan.in_channels
     if volume.num_channels != expected:
         raise MedsegError(f"image has {volume.num_channels} channel(s), the model expects {expected}",
                           volume.meta.get("source"))
@@ -72,7 +73,7 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: dict, sett
     t = time.perf_counter()
     probs = None
     for net in nets:
-        p = predict_probabilities(net, data, plan["patch_size"], device, dtype, overlap=settings.overlap,
+        p = predict_probabilities(net, data, plan.patch_size, device, dtype, overlap=settings.overlap,
                                   sw_batch_size=settings.sw_batch_size, mirror=settings.mirror)
         probs = p if probs is None else probs + p
     probs /= len(nets)

@@ -6,8 +6,10 @@ import json
 
 import torch
 
+from medseg.preprocess.plan import Plan
 
-def build_network(plan: dict, model_config: dict) -> torch.nn.Module:
+
+def build_network(plan: Plan, model_config: dict) -> torch.nn.Module:
     """Build the network the plan describes.
 
     Args:
@@ -16,17 +18,17 @@ def build_network(plan: dict, model_config: dict) -> torch.nn.Module:
     """
     from monai.networks.nets import DynUNet  # the only network (model.name is checked when the config loads)
 
-    strides = plan["strides"]
+    strides = plan.strides
     levels = int(model_config.get("deep_supervision_levels", 2))
     deep = bool(model_config.get("deep_supervision", True)) and len(strides) > 2
     return DynUNet(
         spatial_dims=3,
-        in_channels=max(1, len(plan["channels"])),
-        out_channels=len(plan["labels"]),
-        kernel_size=plan["kernel_sizes"],
+        in_channels=plan.in_channels,
+        out_channels=len(plan.labels),
+        kernel_size=plan.kernel_sizes,
         strides=strides,
         upsample_kernel_size=strides[1:],
-        filters=plan["filters"],
+        filters=plan.filters,
         norm_name=model_config.get("norm", "instance"),
         deep_supervision=deep,
         deep_supr_num=min(levels, len(strides) - 2) if deep else 1,
@@ -34,8 +36,8 @@ def build_network(plan: dict, model_config: dict) -> torch.nn.Module:
     )
 
 
-def network_key(plan: dict) -> str:
+def network_key(plan: Plan) -> str:
     """Text identifying the network's shape and input patch (for caches of per-network measurements)."""
     keys = ("strides", "kernel_sizes", "filters", "patch_size")
-    shape = {k: plan[k] for k in keys} | {"channels": len(plan["channels"]), "classes": len(plan["labels"])}
+    shape = {k: getattr(plan, k) for k in keys} | {"channels": len(plan.channels), "classes": len(plan.labels)}
     return json.dumps(shape, sort_keys=True)

@@ -17,6 +17,7 @@ import numpy as np
 from medseg.preprocess.crop import crop, nonzero_box, uncrop
 from medseg.preprocess.normalize import normalize
 from medseg.preprocess.orientation import IDENTITY, canonical_ornt, from_canonical, reoriented_shape, to_canonical
+from medseg.preprocess.plan import Plan
 from medseg.preprocess.resample import (
     argmax_resampled,
     needs_separate_z,
@@ -64,7 +65,7 @@ class Trace:
         return reoriented_shape(self.original_shape, np.asarray(self.orientation))
 
 
-def preprocess(image: Volume, label: Volume | None, plan: dict) -> tuple[np.ndarray, np.ndarray | None, Trace]:
+def preprocess(image: Volume, label: Volume | None, plan: Plan) -> tuple[np.ndarray, np.ndarray | None, Trace]:
     """Reorient, crop, resample and normalise a ``(C, X, Y, Z)`` or ``(X, Y, Z)`` image (and its label
     map on the same grid) as the plan says.
 
@@ -75,20 +76,20 @@ def preprocess(image: Volume, label: Volume | None, plan: dict) -> tuple[np.ndar
     ornt = canonical_ornt(image.affine)
     canonical = to_canonical(image, ornt)
     data = canonical.array if canonical.array.ndim == 4 else canonical.array[None]
-    box = nonzero_box(data) if plan.get("crop_nonzero", True) else [(0, n) for n in data.shape[1:]]
+    box = nonzero_box(data) if plan.crop_nonzero else [(0, n) for n in data.shape[1:]]
     data = crop(data, box)
-    new_shape = shape_for_spacing(data.shape[1:], canonical.spacing, plan["target_spacing"])
-    axis = separate_z_axis(canonical.spacing, plan["target_spacing"], plan.get("anisotropy_threshold", 3.0))
+    new_shape = shape_for_spacing(data.shape[1:], canonical.spacing, plan.target_spacing)
+    axis = separate_z_axis(canonical.spacing, plan.target_spacing, plan.anisotropy_threshold)
     data = resample_image(data, new_shape, axis)
-    data, applied = normalize(data, plan["normalization"])
+    data, applied = normalize(data, plan.normalization)
     lab = None
     if label is not None:
         lab = crop(to_canonical(label, ornt).array, box).astype(np.int16)
-        lab = resample_labels(lab, new_shape, sorted(plan["labels"]))
+        lab = resample_labels(lab, new_shape, sorted(plan.labels))
     trace = Trace(
         original_shape=list(image.spatial_shape), original_affine=image.affine.tolist(),
         crop_box=[[int(a), int(b)] for a, b in box], original_spacing=list(canonical.spacing),
-        target_spacing=list(plan["target_spacing"]), resampled_shape=[int(n) for n in new_shape],
+        target_spacing=list(plan.target_spacing), resampled_shape=[int(n) for n in new_shape],
         separate_z_axis=axis, normalization=applied, orientation=ornt.tolist(),
     )
     return data, lab, trace

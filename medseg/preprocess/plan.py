@@ -1,10 +1,19 @@
-"""Plan: target spacing, patch size, network topology, batch size and normalisation from a fingerprint."""
+"""Plan: target spacing, patch size, network topology, batch size and normalisation from a fingerprint.
+
+The :class:`Plan` is the typed value that preprocessing, the network, training and inference share; it is
+saved as ``plan.json`` beside every model and read back with its keys and types checked.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
 from medseg.config import RunConfig
+from medseg.errors import MedsegError
 from medseg.preprocess.normalize import channel_scheme
 from medseg.preprocess.resample import needs_separate_z
 
@@ -13,6 +22,87 @@ MAX_DOWNSAMPLINGS = 5
 # Bytes of activations (forward + backward, mixed precision) per voxel per base filter, measured
 # roughly on DynUNet: used only to scale patch and batch to the memory budget.
 _BYTES_PER_VOXEL_FILTER = 60
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every value a run needs, resolved. Per-axis values refer to the canonical closest-RAS axes.
+
+    Attributes:
+        target_spacing: Voxel size (mm) cases are resampled to.
+        patch_size: Training patch and sliding-window size in voxels.
+        strides, kernel_sizes, filters: DynUNet topology, one entry per level.
+        normalization: Per channel ``{"scheme": "ct", lower, upper, mean, std}`` or ``{"scheme": "zscore"}``.
+        labels: Label value -> name (0 is background); the network's class ``i`` is the ``i``-th value.
+        channels: Channel index -> modality name.
+        separate_z_axis: Axis resampled on its own for anisotropic data, or None.
+        orientation: ``"RAS"``: cases are reoriented to closest RAS before anything else. Empty for plans
+            written before medseg reoriented (their models saw arrays in stored order).
+    """
+
+    target_spacing: list[float]
+    patch_size: list[int]
+    batch_size: int
+    strides: list[list[int]]
+    kernel_sizes: list[list[int]]
+    filters: list[int]
+    normalization: list[dict]
+    labels: dict[int, str]
+    channels: dict[int, str]
+    separate_z_axis: int | None = None
+    median_shape_resampled: list[float] = field(default_factory=list)
+    crop_nonzero: bool = True
+    anisotropy_threshold: float = 3.0
+    orientation: str = ""
+
+    @property
+    def label_values(self) -> list[int]:
+        """Label values in class-index order."""
+        return sorted(self.labels)
+
+    @property
+    def in_channels(self) -> int:
+        return max(1, len(self.channels))
+
+    @property
+    def foreground_names(self) -> list[str]:
+        """Names of the foreground labels, in label-value order."""
+        return [self.labels[v] for v in self.label_values if v != 0]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def write(self, path: str | Path) -> None:
+        from medseg.io.atomic import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str | Path = "plan") -> Plan:
+        """A plan from its JSON form; unknown or missing keys are one-line errors."""
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        if unknown := sorted(set(data) - names):
+            raise MedsegError(f"plan has unknown key(s) {', '.join(unknown)}", where)
+        if missing := sorted(required - set(data)):
+            raise MedsegError(f"plan lacks {', '.join(missing)}", where)
+        try:
+            values = {**data, "labels": {int(k): str(v) for k, v in data["labels"].items()},
+                      "channels": {int(k): str(v) for k, v in data["channels"].items()}}
+        except (TypeError, ValueError, AttributeError):
+            raise MedsegError("plan labels and channels must map integers to names", where) from None
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise MedsegError(f"cannot read the plan ({' '.join(str(exc).split())[:150]})", path) from None
+        if not isinstance(data, dict):
+            raise MedsegError("plan must be a JSON object", path)
+        return cls.from_dict(data, path)
+
 
 
 def target_spacing(fingerprint: dict, threshold: float = 3.0) -> list[float]:
@@ -32,12 +122,12 @@ def target_spacing(fingerprint: dict, threshold: float = 3.0) -> list[float]:
 
 
 def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[int, str],
-              config: RunConfig) -> dict:
+              config: RunConfig) -> Plan:
     """Resolve every value a training run needs; config values that are set win over planned ones.
 
     Per-axis values (spacing, patch size, strides, kernels, separate-z axis) refer to the canonical
     closest-RAS axes that :func:`medseg.preprocess.preprocess` reorients every case to; the plan says
-    so under ``"orientation"``.
+    so under ``orientation``.
     """
     pre, tr, model = config.preprocess, config.train, config.model
     spacing = list(pre.target_spacing) if pre.target_spacing else target_spacing(fingerprint, pre.anisotropy_threshold)
@@ -57,22 +147,22 @@ def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[
     original_axis = needs_separate_z(median_spacing, pre.anisotropy_threshold)
     target_axis = needs_separate_z(spacing, pre.anisotropy_threshold)
     separate = target_axis if target_axis is not None else original_axis
-    return {
-        "orientation": "RAS",
-        "target_spacing": spacing,
-        "separate_z_axis": separate,
-        "patch_size": [int(p) for p in patch],
-        "batch_size": int(batch),
-        "strides": strides,
-        "kernel_sizes": kernels,
-        "filters": filters,
-        "normalization": schemes,
-        "labels": {int(k): v for k, v in labels.items()},
-        "channels": {int(k): v for k, v in dataset_channels.items()},
-        "median_shape_resampled": [float(s) for s in median_shape],
-        "crop_nonzero": pre.crop_nonzero,
-        "anisotropy_threshold": pre.anisotropy_threshold,
-    }
+    return Plan(
+        orientation="RAS",
+        target_spacing=spacing,
+        separate_z_axis=separate,
+        patch_size=[int(p) for p in patch],
+        batch_size=int(batch),
+        strides=strides,
+        kernel_sizes=kernels,
+        filters=filters,
+        normalization=schemes,
+        labels={int(k): v for k, v in labels.items()},
+        channels={int(k): v for k, v in dataset_channels.items()},
+        median_shape_resampled=[float(s) for s in median_shape],
+        crop_nonzero=pre.crop_nonzero,
+        anisotropy_threshold=pre.anisotropy_threshold,
+    )
 
 
 def topology(patch, spacing) -> tuple[list, list]:

@@ -1,6 +1,6 @@
 """Training data: refuse bad datasets, plan once per run folder, preprocess with an on-disk cache.
 
-Label maps are cached as *class indices*: label value ``sorted(plan["labels"])[i]`` becomes ``i``, so the
+Label maps are cached as *class indices*: label value ``sorted(plan.labels)[i]`` becomes ``i``, so the
 network's ``K`` output channels, the loss, patch sampling and validation all work on ``0..K-1`` whatever
 the label values are (``0, 5, 7`` trains as ``0, 1, 2``). Inference maps indices back to values
 (:func:`medseg.preprocess.restore_labels`). For labels ``0..K-1`` indices and values are the same.
@@ -20,6 +20,7 @@ from medseg.config import RunConfig
 from medseg.data.dataset import Dataset
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_bytes_atomic, write_text_atomic
+from medseg.preprocess.plan import Plan
 
 
 def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
@@ -37,29 +38,23 @@ def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
                           dataset.root)
 
 
-def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo) -> tuple[dict, dict]:
+def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo) -> tuple[Plan, dict]:
     """Plan and fingerprint of the run folder, computed (without test cases) and saved on the first call."""
     from medseg.preprocess import fingerprint, make_plan
 
     plan_path, fp_path = out / "plan.json", out / "fingerprint.json"
     if plan_path.exists() and fp_path.exists():
-        return _int_labels(json.loads(plan_path.read_text())), json.loads(fp_path.read_text())
+        return Plan.read(plan_path), json.loads(fp_path.read_text())
     fp = fingerprint(dataset.without_test())
     plan = make_plan(fp, dataset.channels, dataset.labels, config)
     write_text_atomic(fp_path, json.dumps(fp, indent=1))
-    write_text_atomic(plan_path, json.dumps(plan, indent=1))
-    echo(f"plan: spacing {plan['target_spacing']} mm, patch {plan['patch_size']}, batch {plan['batch_size']}, "
-         f"{len(plan['strides'])} levels, separate-z axis {plan['separate_z_axis']}")
-    return _int_labels(plan), fp
+    plan.write(plan_path)
+    echo(f"plan: spacing {plan.target_spacing} mm, patch {plan.patch_size}, batch {plan.batch_size}, "
+         f"{len(plan.strides)} levels, separate-z axis {plan.separate_z_axis}")
+    return plan, fp
 
 
-def _int_labels(plan: dict) -> dict:
-    plan["labels"] = {int(k): v for k, v in plan["labels"].items()}
-    plan["channels"] = {int(k): v for k, v in plan["channels"].items()}
-    return plan
-
-
-def prepare_cases(dataset: Dataset, ids, plan: dict, cache: Path, echo) -> tuple[list, list]:
+def prepare_cases(dataset: Dataset, ids, plan: Plan, cache: Path, echo) -> tuple[list, list]:
     """Preprocessed ``(images, labels)`` for ``ids``, from ``cache`` when already done.
 
     Labels are int16 class indices (see the module docstring); each cache file records the label values
@@ -69,7 +64,7 @@ def prepare_cases(dataset: Dataset, ids, plan: dict, cache: Path, echo) -> tuple
     from medseg.preprocess.io import load_case
 
     by_id = {c.id: c for c in dataset.cases}
-    values = np.asarray(sorted(int(v) for v in plan["labels"]))
+    values = np.asarray(sorted(int(v) for v in plan.labels))
     images, labels = [], []
     for case_id in ids:
         path = cache / f"{case_id}.npz"

@@ -111,7 +111,7 @@ def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
 
     chosen = None
     if ctx.main:
-        shape = (1, max(1, len(plan["channels"])), *plan["patch_size"])
+        shape = (1, plan.in_channels, *plan.patch_size)
         choice = choose_precision(config.train.precision, dev, lambda: build_network(plan, config.model.__dict__),
                                   shape, key=network_key(plan))
         chosen = choice.precision
@@ -121,7 +121,7 @@ def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
 
 def _settings(config, plan, mirror: bool) -> InferenceSettings:
     """The model's own inference settings (what ``medseg infer`` uses by default), mirroring as asked."""
-    labels = {int(k): v for k, v in plan["labels"].items()}
+    labels = dict(plan.labels)
     return InferenceSettings(overlap=config.infer.overlap, mirror=mirror, sw_batch_size=config.infer.sw_batch_size,
                              rules=component_rules(config.postprocess.rules, labels))
 
@@ -135,7 +135,7 @@ def _final_validation(net, config, val_set, plan, out, dev, dtype, echo) -> dict
     settings = _settings(config, plan, mirror)
     t0 = time.perf_counter()
     cases = validate([net], val_set, plan, settings, dev, dtype)
-    names = [v for k, v in sorted(plan["labels"].items()) if int(k) != 0]
+    names = plan.foreground_names
     result = {**summarise(cases, names), "mirror": mirror, "overlap": settings.overlap,
               "postprocess": bool(settings.rules)}
     write_text_atomic(out / "validation.json", json.dumps(result, indent=1))
@@ -159,9 +159,9 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=tc.dice_weight,
                          lambda_ce=tc.ce_weight)
-    classes = list(range(1, len(plan["labels"])))  # cached labels are class indices 0..K-1
+    classes = list(range(1, len(plan.labels)))  # cached labels are class indices 0..K-1
     seed = tc.seed + 1000 * ctx.rank  # each rank draws its own patches
-    sampler = PatchSampler(train_data[0], train_data[1], plan["patch_size"], classes, tc.foreground_fraction, seed)
+    sampler = PatchSampler(train_data[0], train_data[1], plan.patch_size, classes, tc.foreground_fraction, seed)
     state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1, "elapsed": 0.0}
     last = out / "checkpoint_last.pt"
     if resume and last.exists():
@@ -177,7 +177,7 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
     budget = parse_duration(tc.time_budget)
     total_steps = tc.epochs * tc.iterations_per_epoch
-    stream = BatchStream(sampler, config.augment, plan["batch_size"], seed + state["epoch"])
+    stream = BatchStream(sampler, config.augment, plan.batch_size, seed + state["epoch"])
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
@@ -196,7 +196,7 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
         v0 = time.perf_counter()
         shard = val_set.shard(ctx.rank, ctx.world)
         cases = _merge(ctx.gather(validate([net], shard, plan, _settings(config, plan, tc.val_tta), dev, dtype)))
-        scores = summarise(cases, [v for k, v in sorted(plan["labels"].items()) if int(k) != 0])
+        scores = summarise(cases, plan.foreground_names)
         val_seconds = time.perf_counter() - v0
         epoch_seconds = time.perf_counter() - t0
         state["epoch"] += 1
@@ -279,7 +279,7 @@ def _truncate_log(path: Path, epoch: int) -> None:
 
 
 def _finish(out: Path, plan, state, start, echo, final: dict) -> dict:
-    model_id = ModelFolder(out).seal(plan["labels"])
+    model_id = ModelFolder(out).seal(plan.labels)
     total = time.perf_counter() - start
     summary = {"best_mean_dice": state["best"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
                "seconds": total, "model_dir": str(out), "model_id": model_id, "validation": final}

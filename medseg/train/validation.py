@@ -17,6 +17,7 @@ import torch
 from medseg.data.dataset import Dataset
 from medseg.model.inference import InferenceSettings, predict_volume
 from medseg.preprocess.io import load_case
+from medseg.preprocess.plan import Plan
 from medseg.types import Volume
 
 
@@ -39,10 +40,10 @@ def load_validation(dataset: Dataset, ids: list[str]) -> ValidationSet:
     return ValidationSet(list(ids), [p[0] for p in pairs], [p[1] for p in pairs])
 
 
-def validate(nets: list[torch.nn.Module], cases: ValidationSet, plan: dict, settings: InferenceSettings,
+def validate(nets: list[torch.nn.Module], cases: ValidationSet, plan: Plan, settings: InferenceSettings,
              device: torch.device, dtype: torch.dtype | None) -> dict[str, dict[str, float]]:
     """Dice per foreground label (by name) for each case: ``{case id: {label name: dice}}``."""
-    labels = {int(k): v for k, v in plan["labels"].items()}
+    labels = dict(plan.labels)
     for net in nets:
         net.eval()
     scores = {}
