@@ -11,12 +11,22 @@ A *medseg manifest* is a YAML or JSON file::
         images: [imagesTr/hippocampus_001.nii.gz]   # one path per channel, relative to the manifest
         label: labelsTr/hippocampus_001.nii.gz      # optional
         fold: 0                                     # optional (or split: train|val|test, not both)
+        annotated: [1, 2]                           # optional: the label values contoured in this case
 
 Unknown top-level or case keys are errors, so a typo does not silently drop a setting.
 
 An *nnU-Net v2 raw folder* holds ``dataset.json``, ``imagesTr/<id>_<XXXX><ending>`` (one file per channel)
 and ``labelsTr/<id><ending>``; its ``imagesTs`` cases (labels from ``labelsTs`` when present) load as
 ``split: test`` cases.
+
+*Partial annotations*: a case's ``annotated`` lists the label values that were contoured in it; a
+foreground label it does not list was not drawn (an organ missing from such a label map is unknown, not
+absent). No list means every declared label was contoured. The lists come from the case's ``annotated``
+key (manifest case, datalist or MSD ``training`` entry) or from an ``annotated_labels.json`` next to the
+description (``{"case id": [label values]}``, as OpenKBP and other nnU-Net-style folders carry). Label
+values in them that are not declared, ids in the file that are no case, and a case whose key and file
+entry disagree are recorded in :attr:`Dataset.problems`; training and evaluation use the lists
+(:mod:`medseg.train.losses`, :mod:`medseg.train.validation`, :mod:`medseg.metrics.evaluate`).
 
 A *MONAI / Auto3DSeg datalist* is a JSON file::
 
@@ -64,9 +74,10 @@ from medseg.io.paths import image_stem, image_suffix
 
 MANIFEST_NAMES = ("medseg.yaml", "medseg.yml", "medseg.json", "manifest.yaml", "manifest.yml")
 _MANIFEST_KEYS = {"name", "description", "channels", "labels", "cases", "file_ending"}
-_CASE_KEYS = {"id", "images", "label", "fold", "split"}
+_CASE_KEYS = {"id", "images", "label", "fold", "split", "annotated"}
 _SPLITS = ("train", "val", "test")
 SPLITS_FILE = "splits_final.json"
+ANNOTATED_FILE = "annotated_labels.json"
 _DATALIST_KEYS = {"validation", "testing", "dataroot"}  # keys an MSD dataset.json never has
 _MSD_KEYS = {"modality", "numTraining", "numTest", "tensorImageSize"}
 _DATALIST_SECTIONS = (("training", None), ("validation", "val"), ("testing", "test"), ("test", "test"))
@@ -77,13 +88,22 @@ _NAMES_EXAMPLE = {"labels": '"labels": {"0": "background", "1": "<structure>"}',
 
 @dataclass(frozen=True)
 class Case:
-    """One subject: its channel images, optional label map and split."""
+    """One subject: its channel images, optional label map and split.
+
+    ``annotated``: the foreground label values contoured in this case (sorted, without 0), or None when every
+    declared label was contoured (module docstring, *Partial annotations*).
+    """
 
     id: str
     images: tuple[Path, ...]
     label: Path | None = None
     fold: int | None = None
     split: str | None = None
+    annotated: tuple[int, ...] | None = None
+
+    def contoured(self, value: int) -> bool:
+        """Whether label ``value`` was contoured in this case (background always is)."""
+        return self.annotated is None or value == 0 or value in self.annotated
 
 
 @dataclass
@@ -122,6 +142,15 @@ class Dataset:
     @property
     def foreground_labels(self) -> dict[int, str]:
         return {k: v for k, v in self.labels.items() if k != 0}
+
+    @property
+    def partially_annotated(self) -> bool:
+        """Whether any case carries a list of contoured labels (``Case.annotated``)."""
+        return any(c.annotated is not None for c in self.cases)
+
+    def contoured_counts(self) -> dict[int, int]:
+        """Foreground label value -> how many labelled cases contoured it."""
+        return {v: sum(c.contoured(v) for c in self.labelled) for v in sorted(self.foreground_labels)}
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -234,7 +263,8 @@ def _load_msd(root: Path, data: dict, desc: Path) -> Dataset:
         label = entry.get("label")
         cases.append(Case(id=image_stem(entry["image"]), images=(_resolve(root, entry["image"]),),
                           label=_resolve(root, label) if label else None,
-                          fold=_fold(entry.get("fold"), desc, f"training entry {i}")))
+                          fold=_fold(entry.get("fold"), desc, f"training entry {i}"),
+                          annotated=_annotated(entry.get("annotated"), desc, f"training entry {i}")))
     channels = _int_keys(data.get("modality", {0: "unknown"}), desc, "modality")
     return _finish(Dataset(name=str(data.get("name", root.name)), root=root, source="msd",
                            labels=_int_keys(data.get("labels", {}), desc, "labels"),
@@ -322,7 +352,8 @@ def _datalist_case(entry, base: Path, split: str | None, desc: Path, what: str) 
     return images[0], Case(id=tag[0] if tag and tag[1] == 0 else image_stem(images[0]),
                            images=tuple(_resolve(base, p) for p in images),
                            label=_resolve(base, label) if label else None,
-                           fold=_fold(entry.get("fold"), desc, what), split=split)
+                           fold=_fold(entry.get("fold"), desc, what), split=split,
+                           annotated=_annotated(entry.get("annotated"), desc, what))
 
 
 def _path_id(written: str) -> str:
@@ -356,6 +387,7 @@ def _load_manifest(path: Path, data: dict) -> Dataset:
             label=_resolve(root, label) if label else None,
             fold=_fold(entry.get("fold"), path, f"case {i}"),
             split=split,
+            annotated=_annotated(entry.get("annotated"), path, f"case {i}"),
         ))
     return _finish(Dataset(name=str(data.get("name", path.stem)), root=root, source="manifest",
                            labels=_int_keys(data.get("labels", {}), path, "labels"),
@@ -370,6 +402,54 @@ def _fold(value, where: Path, what: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise MedsegError(f"{what}: fold '{value}' is not an integer", where) from None
+
+
+def _annotated(value, where: Path, what: str) -> tuple[int, ...] | None:
+    """A list of contoured label values as a sorted tuple without background (0), or None when not given."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise MedsegError(f"{what}: 'annotated' must be a list of label values (integers)", where)
+    return tuple(sorted(set(value) - {0}))
+
+
+def _read_annotated_file(root: Path) -> dict[str, tuple[int, ...]] | None:
+    """The folder's ``annotated_labels.json`` (case id -> contoured label values), or None when absent."""
+    path = root / ANNOTATED_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise MedsegError(f"cannot parse ({' '.join(str(exc).split())[:200]})", path) from None
+    if not isinstance(data, dict):
+        raise MedsegError('expected {"case id": [label values], ...}', path)
+    return {str(k): _annotated(v, path, f"case '{k}'") for k, v in data.items()}
+
+
+def _apply_annotated_file(dataset: Dataset) -> None:
+    """Set ``Case.annotated`` from the folder's ``annotated_labels.json``; record disagreements as problems."""
+    listed = _read_annotated_file(dataset.root)
+    if listed is None:
+        return
+    cases = []
+    for case in dataset.cases:
+        from_file = listed.get(case.id)
+        if from_file is not None and case.annotated not in (None, from_file):
+            dataset.problems.append(f"case '{case.id}': 'annotated' {list(case.annotated)} differs from "
+                                    f"{ANNOTATED_FILE} {list(from_file)}")
+        cases.append(replace(case, annotated=from_file) if from_file is not None and case.annotated is None
+                     else case)
+    dataset.cases = cases
+    if unknown := sorted(set(listed) - {c.id for c in cases}):
+        dataset.problems.append(f"{ANNOTATED_FILE} names case(s) {unknown[:5]} that are not cases")
+
+
+def _annotated_problems(dataset: Dataset) -> list[str]:
+    """Contoured-label lists naming label values the dataset does not declare."""
+    return [f"case '{c.id}': annotated label value(s) {sorted(set(c.annotated) - set(dataset.labels))} are not "
+            f"among the declared labels {sorted(dataset.labels)}"
+            for c in dataset.cases if c.annotated is not None and set(c.annotated) - set(dataset.labels)]
 
 
 def _read_splits_file(root: Path) -> list[dict[str, list[str]]] | None:
@@ -445,4 +525,6 @@ def _finish(dataset: Dataset) -> Dataset:
         dataset.problems.append("no cases")
     dataset.splits = _read_splits_file(dataset.root)
     dataset.problems += _split_problems(dataset)
+    _apply_annotated_file(dataset)
+    dataset.problems += _annotated_problems(dataset)
     return dataset

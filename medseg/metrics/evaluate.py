@@ -1,8 +1,15 @@
-"""Evaluate predicted label maps against ground truth: per case and label, then summaries."""
+"""Evaluate predicted label maps against ground truth: per case and label, then summaries.
+
+Partial annotations: when the ground truth is a dataset whose cases say which labels were contoured
+(``Case.annotated``, e.g. OpenKBP's ``annotated_labels.json``), a label is scored only in the cases that
+contoured it. The rows of uncontoured labels are omitted (from ``metrics.csv`` and so from every mean;
+``summary.json`` counts them under ``uncontoured_omitted``), as training's validation does.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +30,9 @@ METRICS = ["dice", "iou", "hd95", "assd", "nsd", "volume_pred_mm3", "volume_gt_m
 
 
 def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm: float = 1.0,
-                  case_id: str = "") -> list[dict]:
-    """One row per foreground label with every metric.
+                  case_id: str = "", annotated: tuple[int, ...] | None = None) -> list[dict]:
+    """One row per foreground label with every metric; with ``annotated`` (the label values contoured in
+    this case), per contoured foreground label only.
 
     Raises:
         MedsegError: when the grids differ (a silently wrong number is worse than none).
@@ -34,7 +42,7 @@ def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance
                           pred.meta.get("source"))
     rows = []
     for value, name in sorted(labels.items()):
-        if value == 0:
+        if value == 0 or (annotated is not None and value not in annotated):
             continue
         p, t = pred.array == value, truth.array == value
         surface = surface_metrics(p, t, truth.spacing, tolerance_mm)
@@ -48,18 +56,21 @@ def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance
     return rows
 
 
-def pair_cases(pred_dir: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], list[str], dict[int, str] | None]:
-    """``(id, prediction, truth)`` pairs, ids missing a prediction, and label names when ``gt`` is a dataset."""
+def pair_cases(pred_dir: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], list[str], dict[int, str] | None,
+                                                 dict[str, tuple[int, ...]]]:
+    """``(id, prediction, truth)`` pairs, ids missing a prediction, and label names and contoured label values
+    by case id when ``gt`` is a dataset (see :func:`ground_truth`)."""
     preds = {image_stem(p): p for p in sorted(Path(pred_dir).iterdir())
              if image_suffix(p) and not image_stem(p).endswith("_probabilities")}
-    truths, names = ground_truth(gt)
+    truths, names, annotated = ground_truth(gt)
     pairs = [(i, preds[i], truths[i]) for i in sorted(truths) if i in preds]
     missing = sorted(i for i in truths if i not in preds)
-    return pairs, missing, names
+    return pairs, missing, names, annotated
 
 
-def ground_truth(gt: Path) -> tuple[dict[str, Path], dict[int, str] | None]:
-    """Label files by case id, and label names when ``gt`` is a dataset.
+def ground_truth(gt: Path) -> tuple[dict[str, Path], dict[int, str] | None, dict[str, tuple[int, ...]]]:
+    """Label files by case id, label names when ``gt`` is a dataset, and the contoured label values of the
+    dataset's cases that list them (``Case.annotated``; empty for a folder of label files).
 
     ``gt`` is a folder of label files (e.g. nnU-Net's ``labelsTs``: ``CASE.nii.gz`` per case) or a dataset
     (manifest, MSD or nnU-Net folder, datalist). A dataset contributes its labelled test cases when it has
@@ -69,14 +80,15 @@ def ground_truth(gt: Path) -> tuple[dict[str, Path], dict[int, str] | None]:
     from medseg.data.dataset import is_dataset_folder
 
     if gt.is_dir() and not is_dataset_folder(gt):
-        return _label_files(gt), None
+        return _label_files(gt), None, {}
     from medseg.data import load_dataset
 
     dataset = load_dataset(gt)
     truths = {c.id: c.label for c in dataset.cases if c.split == "test" and c.label is not None}
     if not truths and dataset.source == "nnunet" and (dataset.root / "labelsTs").is_dir():
         truths = _label_files(dataset.root / "labelsTs")
-    return truths or {c.id: c.label for c in dataset.labelled}, dataset.labels
+    annotated = {c.id: c.annotated for c in dataset.cases if c.annotated is not None}
+    return truths or {c.id: c.label for c in dataset.labelled}, dataset.labels, annotated
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
@@ -88,32 +100,39 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (folder of label files or a dataset).
 
     Writes ``metrics.csv`` (case x label), ``summary.json`` (mean, median, std per label and metric),
-    ``summary.md``. Cases whose grids differ are errors, listed and counted, never scored.
+    ``summary.md``. Cases whose grids differ are errors, listed and counted, never scored. Labels a case did
+    not contour (module docstring) get no row.
     """
-    pairs, missing, names = pair_cases(Path(pred_dir), Path(gt))
+    pairs, missing, names, annotated = pair_cases(Path(pred_dir), Path(gt))
     names = names or _names_from_results(Path(pred_dir))
     if not pairs:
         raise MedsegError("no prediction matches a ground-truth case id", pred_dir)
     rows, errors = [], [f"{i}: no prediction" for i in missing]
+    omitted: Counter[str] = Counter()  # label name -> cases that did not contour it
     for case_id, pred_path, truth_path in pairs:
         try:
             truth = read_volume(truth_path, label=True)
             pred = read_volume(pred_path, label=True)
             names_here = labels or names or {int(v): f"label_{int(v)}" for v in
                                              np.union1d(np.unique(truth.array), np.unique(pred.array)) if v != 0}
-            rows += evaluate_case(pred, truth, names_here, tolerance_mm, case_id)
+            contoured = annotated.get(case_id)
+            rows += evaluate_case(pred, truth, names_here, tolerance_mm, case_id, contoured)
         except MedsegError as exc:
             errors.append(f"{case_id}: {exc}")
+            continue
+        if contoured is not None:
+            omitted.update(name for value, name in names_here.items() if value != 0 and value not in contoured)
     for line in errors:
         echo(f"error: {line}")
     summary = summarize(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(out / "metrics.csv", rows)
-    write_text_atomic(out / "summary.json", json.dumps({"summary": summary, "errors": errors,
-                                                        "cases": len(pairs), "tolerance_mm": tolerance_mm}, indent=1))
+    write_text_atomic(out / "summary.json", json.dumps({"summary": summary, "errors": errors, "cases": len(pairs),
+                                                        "uncontoured_omitted": dict(omitted),
+                                                        "tolerance_mm": tolerance_mm}, indent=1))
     write_text_atomic(out / "summary.md", markdown_table(summary))
-    return {"summary": summary, "errors": errors, "rows": rows}
+    return {"summary": summary, "errors": errors, "rows": rows, "uncontoured_omitted": dict(omitted)}
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:

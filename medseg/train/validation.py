@@ -5,6 +5,10 @@ settings, and is scored on its original grid, so ``validation.json`` equals ``me
 
 Dice comes from MONAI's ``compute_dice`` (``ignore_empty=False``: a class absent from both prediction and
 truth scores 1.0, as in ``medseg evaluate``).
+
+With partial annotations (``Case.annotated``) a class is scored only in the cases that contoured it: an
+uncontoured class has no entry in that case's scores, and class means are over the cases that have one
+(``medseg evaluate`` omits the same rows).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medseg.data.dataset import Dataset
+from medseg.data.dataset import Case, Dataset
 from medseg.model.inference import InferenceSettings, predict_volume
 from medseg.preprocess.io import load_case
 from medseg.preprocess.plan import Plan
@@ -23,50 +27,62 @@ from medseg.types import Volume
 
 @dataclass
 class ValidationSet:
-    """Validation cases loaded once, on their original grids: ``images[i]`` ``(C, X, Y, Z)`` and ``labels[i]``."""
+    """Validation cases loaded once, on their original grids: ``images[i]`` ``(C, X, Y, Z)`` and ``labels[i]``;
+    ``cases[i]`` says which labels were contoured (:meth:`medseg.data.dataset.Case.contoured`)."""
 
     ids: list[str]
     images: list[Volume]
     labels: list[Volume]
+    cases: list[Case]
 
     def shard(self, rank: int, world: int) -> ValidationSet:
         """Every ``world``-th case from ``rank`` (each rank validates its own share)."""
-        return ValidationSet(self.ids[rank::world], self.images[rank::world], self.labels[rank::world])
+        return ValidationSet(self.ids[rank::world], self.images[rank::world], self.labels[rank::world],
+                             self.cases[rank::world])
 
 
 def load_validation(dataset: Dataset, ids: list[str]) -> ValidationSet:
     by_id = {c.id: c for c in dataset.cases}
     pairs = [load_case(by_id[i]) for i in ids]
-    return ValidationSet(list(ids), [p[0] for p in pairs], [p[1] for p in pairs])
+    return ValidationSet(list(ids), [p[0] for p in pairs], [p[1] for p in pairs], [by_id[i] for i in ids])
 
 
 def validate(nets: list[torch.nn.Module], cases: ValidationSet, plan: Plan, settings: InferenceSettings,
              device: torch.device, dtype: torch.dtype | None) -> dict[str, dict[str, float]]:
-    """Dice per foreground label (by name) for each case: ``{case id: {label name: dice}}``."""
+    """Dice per contoured foreground label (by name) for each case: ``{case id: {label name: dice}}``."""
     labels = dict(plan.labels)
     for net in nets:
         net.eval()
     scores = {}
-    for case_id, image, truth in zip(cases.ids, cases.images, cases.labels, strict=True):
+    for case_id, image, truth, case in zip(cases.ids, cases.images, cases.labels, cases.cases, strict=True):
         prediction = predict_volume(nets, image, plan, settings, device, dtype)
-        scores[case_id] = dice_by_label(prediction.label.array, truth.array, labels)
+        contoured = {v: name for v, name in labels.items() if case.contoured(v)}
+        scores[case_id] = dice_by_label(prediction.label.array, truth.array, contoured)
     for net in nets:
         net.train()
     return scores
 
 
 def dice_by_label(pred: np.ndarray, truth: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
-    """MONAI Dice of each foreground label of two label maps on one grid."""
+    """MONAI Dice of each foreground label of two label maps on one grid (``{}`` when there is none)."""
     from monai.metrics import compute_dice
 
     values = [v for v in sorted(labels) if v != 0]
+    if not values:
+        return {}
     onehot = [torch.from_numpy(np.stack([a == v for v in values]))[None] for a in (pred, truth)]
     dice = compute_dice(onehot[0], onehot[1], include_background=True, ignore_empty=False)[0]
     return {labels[v]: float(d) for v, d in zip(values, dice.tolist(), strict=True)}
 
 
 def summarise(cases: dict[str, dict[str, float]], label_names: list[str]) -> dict:
-    """``{"per_class": {name: mean Dice}, "mean": float, "cases": cases}`` (means over cases)."""
-    per_class = {name: float(np.mean([c[name] for c in cases.values()])) if cases else 0.0 for name in label_names}
+    """``{"per_class": {name: mean Dice}, "mean": float, "scored_cases": {name: n}, "cases": cases}``.
+
+    A class's mean is over the cases that scored it (contoured it); a class no case scored is left out of
+    ``per_class`` and so of ``mean``, the mean of the class means (0.0 when no class was scored).
+    """
+    scored = {name: [c[name] for c in cases.values() if name in c] for name in label_names}
+    per_class = {name: float(np.mean(values)) for name, values in scored.items() if values}
     mean = float(np.mean(list(per_class.values()))) if per_class else 0.0
-    return {"per_class": per_class, "mean": mean, "cases": cases}
+    return {"per_class": per_class, "mean": mean, "scored_cases": {name: len(v) for name, v in scored.items()},
+            "cases": cases}

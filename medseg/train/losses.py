@@ -1,0 +1,58 @@
+"""The training loss: Dice + cross-entropy, marginal over the classes a case did not contour.
+
+With partial annotations (:attr:`medseg.data.dataset.Case.annotated`) an organ that was not contoured in
+a case is unknown there, not background. The marginal loss of Shi et al. (Marginal loss and exclusion loss
+for partially supervised multi-organ segmentation, Medical Image Analysis 70:101979, 2021) therefore merges,
+for each sample, the softmax probabilities of its uncontoured classes into background
+(``p_bg' = p_bg + sum(p_uncontoured)``) and scores only background and the contoured classes: predicting an
+uncontoured organ where the label map says background costs nothing, since both are "background or an organ
+nobody drew". When every class is contoured this equals MONAI's
+``DiceCELoss(to_onehot_y=True, softmax=True, batch=True)`` (the same operations on the same numbers).
+
+Built from MONAI's ``DiceLoss`` (on the merged probabilities, per class, so smoothing and batch reduction are
+the ones training used before) and torch's ``nll_loss`` on log marginal probabilities taken with
+``logsumexp`` (``CrossEntropyLoss`` takes logits of a fixed class set and cannot merge classes per sample).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor,
+                     lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> torch.Tensor:
+    """Marginal batch Dice + cross-entropy over the classes each sample contoured.
+
+    Args:
+        logits: ``(B, K, *spatial)`` network output.
+        target: ``(B, 1, *spatial)`` class indices ``0..K-1``.
+        contoured: ``(B, K)`` bool, which classes each sample contoured; background (class 0) always counts
+            as contoured. A class contoured by no sample of the batch is left out of the Dice mean.
+
+    Returns:
+        A scalar: ``lambda_dice`` x mean over classes of ``1 - batch Dice`` + ``lambda_ce`` x mean voxel
+        cross-entropy, both on the merged classes.
+    """
+    from monai.losses import DiceLoss
+
+    known = contoured.to(device=logits.device, dtype=torch.bool).clone()
+    known[:, 0] = True
+    shape = (*known.shape, *[1] * (logits.dim() - 2))  # (B, K, 1, 1, 1): broadcast over voxels
+    merged_into_bg = ~known  # the classes whose probability goes to background: the uncontoured ones...
+    merged_into_bg[:, 0] = True  # ... and background itself
+    # A voxel of an uncontoured class counts as background (a label map `medseg check` accepts has none).
+    merged_target = target.long() * known.gather(1, target.long().flatten(1)).view_as(target)
+    log_probs = F.log_softmax(logits, 1)
+    # log(p_bg'), stably; the targets never pick an uncontoured class's entry, so CE sees only merged classes.
+    log_bg = torch.logsumexp(log_probs.masked_fill(~merged_into_bg.view(shape), float("-inf")), 1, keepdim=True)
+    ce = F.nll_loss(torch.cat([log_bg, log_probs[:, 1:]], 1), merged_target[:, 0])
+    probs = torch.softmax(logits, 1)
+    bg = (probs * merged_into_bg.view(shape)).sum(1, keepdim=True)
+    # (B, K, ...): p_bg' then the contoured classes; an uncontoured class is 0 in prediction and target of that
+    # sample, so it adds nothing to that class's batch Dice sums.
+    marginal = torch.cat([bg, (probs * known.view(shape))[:, 1:]], 1)
+    onehot = F.one_hot(merged_target[:, 0], logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+    per_class = DiceLoss(batch=True, reduction="none")(marginal, onehot).flatten()
+    dice = per_class[known.any(0)].mean()
+    return lambda_dice * dice + lambda_ce * ce
