@@ -22,14 +22,32 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Send medseg's log to stderr as ``medseg: warning: ...`` lines."""
+_QUIET = False
+_TO_STDERR = ("error:", "warning:", "refused:", "flag:")
+
+
+def say(text: str) -> None:
+    """Print one line for the user: errors, warnings, refusals and flags to stderr (always), the rest to
+    stdout unless ``--quiet``."""
+    if text.startswith(_TO_STDERR):
+        typer.echo(text, err=True)
+    elif not _QUIET:
+        typer.echo(text)
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Send medseg's log to stderr as ``medseg: warning: ...`` lines; ``quiet`` keeps only errors and
+    turns progress bars off."""
+    global _QUIET
+    _QUIET = quiet
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
     logger = logging.getLogger("medseg")
     if not logger.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("medseg: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
 
 
 def one_line_errors(func):
@@ -46,7 +64,7 @@ def one_line_errors(func):
             return func(*args, **kwargs)
         except MedsegError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:

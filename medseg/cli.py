@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medseg._cli_util import one_line_errors, setup_logging
+from medseg._cli_util import one_line_errors, say, setup_logging
 
 app = typer.Typer(
     help="Segment 3D medical scans (CT, MR): read DICOM/NIfTI with exact geometry, check and plan datasets, train, "
@@ -18,9 +18,24 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print informational messages.")):
-    setup_logging(verbose)
+EXIT_CODES = """Exit codes: 0 success; 1 some cases failed or were refused (or an input error); 2 usage error;
+3 nothing to segment; 4 model invalid (missing, incomplete, changed since training)."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from medseg import __version__
+
+        typer.echo(f"medseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(epilog=EXIT_CODES)
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print informational messages."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (scripts read summary.json)."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    setup_logging(verbose, quiet)
 
 
 @app.command()
@@ -60,13 +75,13 @@ def convert(
     results = convert_dicom_folder(dicom_dir, out_dir, overwrite=overwrite)
     for r in results:
         if r.error:
-            typer.echo(f"error: {r.error}", err=True)
+            say(f"error: {r.error}")
         else:
-            typer.echo(f"{r.series} -> {r.output}" + (" (exists, same series, kept)" if r.kept else ""))
+            say(f"{r.series} -> {r.output}" + (" (exists, same series, kept)" if r.kept else ""))
         for text in r.warnings:
-            typer.echo(f"warning: {r.series}: {text}", err=True)
+            say(f"warning: {r.series}: {text}")
     failed = sum(r.error is not None for r in results)
-    typer.echo(f"converted {len(results) - failed} of {len(results)} series")
+    say(f"converted {len(results) - failed} of {len(results)} series")
     if failed:
         raise typer.Exit(1)
 
@@ -134,7 +149,7 @@ def train(
     if deterministic:
         overrides.append("train.deterministic=true")
     run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device,
-                 echo=typer.echo)
+                 echo=say)
 
 
 @app.command()
@@ -148,6 +163,13 @@ def infer(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write probability maps (float16)."),
     dicom_seg: bool = typer.Option(True, "--dicom-seg/--no-dicom-seg", help="DICOM SEG for DICOM inputs."),
+    rtstruct: bool = typer.Option(False, "--rtstruct", help="Also an RTSTRUCT (one ROI per label) for DICOM inputs."),
+    series_number: int = typer.Option(9000, "--series-number", help="SeriesNumber of the DICOM SEG (the RTSTRUCT "
+                                      "takes the next one)."),
+    series_description: str = typer.Option("medseg", "--series-description",
+                                           help="SeriesDescription of the DICOM SEG and RTSTRUCT."),
+    fail_on_flags: bool = typer.Option(False, "--fail-on-flags", help="Count cases with plausibility flags "
+                                       "(input unlike the training data, implausible volumes) as failed."),
     tta: bool | None = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (8x slower)."),
     overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap, 0-0.9 (default 0.5)."),
     modality: str | None = typer.Option(None, "--modality", help="DICOM: only series of this modality."),
@@ -163,23 +185,26 @@ def infer(
                                        "this DICOM node (e.g. a PACS)."),
 ):
     """Segment every case under INPUT into OUTPUT_DIR: one uint8 NIfTI label map per case on the input's
-    exact grid, a DICOM SEG for DICOM series, a JSON per case and summary.csv. A finished case is skipped
+    exact grid, a DICOM SEG (and RTSTRUCT) for DICOM series, a JSON per case, summary.csv and summary.json
+    (status per case: done, skipped, failed or refused; plausibility flags). A finished case is skipped
     when the same model and settings made it, else redone (--overwrite redoes all); a failing case is
-    reported and the rest go on; exit code 1 if any case failed."""
+    reported and the rest go on. Exit codes: 0 all done or skipped, 1 some failed or refused, 2 usage
+    error, 3 nothing to segment, 4 model invalid."""
     import os
 
     from medseg.infer.batch import InferOptions, run_batch
     from medseg.infer.dicom_net import parse_peer, send_results
     from medseg.infer.inputs import SeriesFilter
 
-    options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg, mirror=tta,
-                           overlap=overlap, series=SeriesFilter(modality, description, min_slices),
-                           shard=_parse_shard(shard))
+    options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg,
+                           rtstruct=rtstruct, series_number=series_number, series_description=series_description,
+                           mirror=tta, overlap=overlap, series=SeriesFilter(modality, description, min_slices),
+                           shard=_parse_shard(shard), fail_on_flags=fail_on_flags)
     peer = parse_peer(send_to) if send_to else None  # parsed first: a mistyped peer fails before the batch
-    summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=typer.echo)
+    summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=say)
     if peer is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 sends every shard's
-        send_results(out_dir, peer, echo=typer.echo)
-    if summary["failed"]:
+        send_results(out_dir, peer, echo=say)
+    if summary["counts"]["failed"] or summary["counts"]["refused"]:
         raise typer.Exit(1)
 
 
@@ -211,7 +236,7 @@ def evaluate(
     metrics.csv, summary.json and summary.md. Grid mismatches are errors (exit code 1), never scores."""
     from medseg.metrics.evaluate import evaluate_folder, markdown_table
 
-    result = evaluate_folder(pred, gt, out or pred / "evaluation", tolerance_mm=tolerance, echo=typer.echo)
+    result = evaluate_folder(pred, gt, out or pred / "evaluation", tolerance_mm=tolerance, echo=say)
     typer.echo(markdown_table(result["summary"]))
     if result["errors"]:
         raise typer.Exit(1)
@@ -227,7 +252,7 @@ def qa(
     """Write a self-contained HTML review report: overlays, volumes, metrics and flags, worst cases first."""
     from medseg.qa.report import build_report
 
-    build_report(results, gt=gt, out=out, echo=typer.echo)
+    build_report(results, gt=gt, out=out, echo=say)
 
 
 @app.command()
@@ -238,7 +263,7 @@ def demo(
     """Run medseg's main job on a built-in synthetic example (no network, no real data needed)."""
     from medseg.demo import run_demo
 
-    run_demo(out_dir, echo=typer.echo)
+    run_demo(out_dir, echo=say)
 
 
 @app.command()
@@ -272,18 +297,18 @@ def serve(
                             send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,
                             series=SeriesFilter(modality, description, min_slices), device=device,
                             precision=precision)
-    run_node(model, settings, stop_on_signals(), echo=typer.echo)
+    run_node(model, settings, stop_on_signals(), echo=say)
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    from medseg.errors import MedsegError
+    from medseg.errors import UsageError
 
     index, _, count = text.partition("/")
     try:
         return int(index), int(count)
     except ValueError:
-        raise MedsegError(f"--shard expects I/N (e.g. 0/4), got '{text}'") from None
+        raise UsageError(f"--shard expects I/N (e.g. 0/4), got '{text}'") from None
 
 
 if __name__ == "__main__":

@@ -21,14 +21,34 @@ def unexpected(exc: BaseException) -> str:
 
 
 class MedsegError(Exception):
-    """A one-line, user-facing error about an input.
+    """A one-line, user-facing error about an input. The CLI exits with :attr:`exit_code`.
 
     Args:
         message: What is wrong, in one line.
         path: The file or folder it is about; prefixed to the message when given.
     """
 
+    exit_code = 1
+
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
         self.problem = " ".join(str(message).split())  # always one line
         super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)
+
+
+class UsageError(MedsegError):
+    """An option or argument that makes no sense (exit code 2, like a mistyped flag)."""
+
+    exit_code = 2
+
+
+class NothingToSegment(MedsegError):
+    """The input holds no image, DICOM series or dataset case at all (exit code 3)."""
+
+    exit_code = 3
+
+
+class ModelError(MedsegError):
+    """The model folder cannot be used: missing, incomplete, changed since training, unreadable (exit code 4)."""
+
+    exit_code = 4

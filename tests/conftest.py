@@ -68,3 +68,32 @@ def preprocessing_plan():
                     kernel_sizes=[[3, 3, 3]], filters=[8], **extra)
 
     return build
+
+
+HIPPOCAMPUS_TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=20", "train.lr=0.01",
+                    "train.num_workers=0", "train.patch_size=[32, 32, 32]", "train.batch_size=2", "train.epochs=6",
+                    "train.final_tta=false"]
+
+
+@pytest.fixture(scope="session")
+def hippocampus_run(shared_data, tmp_path_factory) -> Path:
+    """A small real model: 6 short epochs on the first 10 hippocampus cases (about 10 s on two idle cores).
+    Case 21 onwards are unseen by it."""
+    import yaml
+
+    from medseg.config import load_config
+    from medseg.train import train
+
+    root = shared_data / "hippocampus"
+    if not root.exists():
+        pytest.skip(f"hippocampus not in {shared_data}")
+    tmp = tmp_path_factory.mktemp("hippo")
+    ids = sorted(p.name[: -len(".nii.gz")] for p in (root / "labelsTr").glob("*.nii.gz"))[:10]
+    cases = [{"id": c, "images": [str(root / "imagesTr" / f"{c}.nii.gz")],
+              "label": str(root / "labelsTr" / f"{c}.nii.gz"), "fold": k % 5} for k, c in enumerate(ids)]
+    manifest = tmp / "hippocampus.yaml"
+    manifest.write_text(yaml.safe_dump({"name": "hippocampus", "channels": {0: "MR"},
+                                        "labels": {0: "background", 1: "anterior", 2: "posterior"},
+                                        "cases": cases}))
+    train(manifest, tmp / "run", load_config(None, HIPPOCAMPUS_TINY), echo=lambda _: None)
+    return tmp / "run"

@@ -192,3 +192,26 @@ def test_malformed_header_refuses_its_series_naming_the_file(tmp_path):
     (series,) = scan_dicom(tmp_path).series
     assert not series.readable and paths[0].name in series.problems[0]
     assert "ImagePositionPatient" in series.problems[0]
+
+
+def test_jpeg_lossless_decodes_without_gpl_codecs(data_path, tmp_path):
+    """JPEG lossless (process 14, common in older CT exports) decodes through GDCM (BSD), not the GPL plugin."""
+    gdcm = pytest.importorskip("gdcm")
+    src = data_path("dicom/hippocampus_crops/study1")
+    (tmp_path / "jl").mkdir()
+    for path in sorted(src.iterdir()):
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(path))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.SetFileName(str(tmp_path / "jl" / path.name))
+        assert writer.Write()
+    first = pydicom.dcmread(next((tmp_path / "jl").iterdir()))
+    assert first.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    assert np.array_equal(read_dicom_folder(tmp_path / "jl").array, read_dicom_folder(src).array)

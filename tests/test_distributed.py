@@ -73,4 +73,4 @@ def test_torchrun_training_resume_and_sharded_inference(tmp_path):
         b = read_volume(tmp_path / "b" / f"scan{i}.nii.gz", label=True)
         assert np.array_equal(a.array, b.array) and np.array_equal(a.affine, b.affine)
     summary = (tmp_path / "b" / "summary.csv").read_text().splitlines()
-    assert len(summary) == 6 and all(",ok," in line for line in summary[1:])
+    assert len(summary) == 6 and all(",done," in line for line in summary[1:])

@@ -58,20 +58,20 @@ def study(tmp_path_factory):
 def test_dicom_study_outputs_match_input_grid_and_seg_round_trips(model_dir, study, tmp_path):
     out = tmp_path / "out"
     summary = run_batch(model_dir, study, out, echo=lambda _: None)
-    assert summary["done"] == 2 and summary["failed"] == 0
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert summary["counts"]["done"] == 2 and summary["counts"]["failed"] == 0
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "summary.json"]
     assert len(records) == 2
     for record in records:
-        label = read_volume(record["outputs"]["label"], label=True)
+        label = read_volume(out / record["outputs"]["label"], label=True)
         folder = study / f"series{int(record['id'][1]) - 1}"
         source = read_dicom_folder(folder)
         assert label.spatial_shape == source.spatial_shape
         assert np.abs(label.affine - source.affine).max() < 1e-4  # float32 sform precision
         assert label.array.dtype == np.uint8 and (label.array == 1).sum() > 100
-        seg = pydicom.dcmread(record["outputs"]["dicom_seg"])
+        seg = pydicom.dcmread(out / record["outputs"]["dicom_seg"])
         assert [s.SegmentLabel for s in seg.SegmentSequence] == ["organ", "lesion"]
         assert seg.Modality == "SEG" and seg.PatientName == "Phantom^Anonymous"
-        back = read_dicom_seg_labels(record["outputs"]["dicom_seg"], source.meta["source_files"])
+        back = read_dicom_seg_labels(out / record["outputs"]["dicom_seg"], source.meta["source_files"])
         assert np.array_equal(back, label.array)
         # Post-processing ran: a single organ component.
         assert record["postprocess"]["1"]["components_after"] <= 1
@@ -88,9 +88,9 @@ def test_oblique_real_dicom_keeps_exact_geometry(model_dir, data_path, tmp_path)
     out = tmp_path / "out"
     result = runner.invoke(app, ["infer", str(model_dir), str(series), str(out)])
     assert result.exit_code == 0, result.output
-    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    (record,) = [json.loads(p.read_text()) for p in out.glob("s*.json") if p.name != "summary.json"]
     assert "T1post" not in record["id"] and record["id"].startswith("s11_")
-    label = read_volume(record["outputs"]["label"], label=True)
+    label = read_volume(out / record["outputs"]["label"], label=True)
     source = read_dicom_folder(series)
     assert label.spatial_shape == source.spatial_shape == (280, 320, 22)
     assert np.abs(label.affine - source.affine).max() < 1e-4
@@ -108,7 +108,7 @@ def test_skip_overwrite_and_failure_isolation(model_dir, tmp_path):
     assert "error: broken:" in result.output and "3 segmented, 0 skipped, 1 failed" in result.output
     stamp = (out / "case0.nii.gz").stat().st_mtime_ns
     again = run_batch(model_dir, folder, out, echo=lambda _: None)
-    assert again["skipped"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns == stamp
+    assert again["counts"]["skipped"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns == stamp
     # Skipped cases keep their columns, filled from their JSON.
     rows = {row["id"]: row for row in _summary(out)}
     first = json.loads((out / "case0.json").read_text())
@@ -116,8 +116,10 @@ def test_skip_overwrite_and_failure_isolation(model_dir, tmp_path):
     assert float(rows["case0"]["volume_mm3_organ"]) == first["label_volumes_mm3"]["organ"] > 0
     assert rows["case0"]["model_id"] == first["model_id"] and rows["broken"]["status"] == "failed"
     redo = run_batch(model_dir, folder, out, InferOptions(overwrite=True), echo=lambda _: None)
-    assert redo["done"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns != stamp
-    assert {row["status"] for row in _summary(out)} == {"redone: --overwrite", "failed"}
+    assert redo["counts"]["done"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns != stamp
+    rows = {row["id"]: row for row in _summary(out)}
+    assert {rows[f"case{i}"]["reason"] for i in range(3)} == {"redone: --overwrite"}
+    assert {rows[f"case{i}"]["status"] for i in range(3)} == {"done"} and rows["broken"]["status"] == "failed"
     assert "failed" in (out / "summary.csv").read_text()
 
 
@@ -131,7 +133,7 @@ def test_sigkill_during_batch_leaves_no_partial_output(model_dir, tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in proc.stdout:
-        if ": ok in" in line:
+        if ": done in" in line:
             break
     time.sleep(0.15)
     proc.send_signal(signal.SIGKILL)
@@ -143,7 +145,7 @@ def test_sigkill_during_batch_leaves_no_partial_output(model_dir, tmp_path):
     finished = len(list(out.glob("case*.json")))
     assert 1 <= finished < 12
     summary = run_batch(model_dir, folder, out, echo=lambda _: None)
-    assert summary["skipped"] == finished and summary["done"] == 12 - finished
+    assert summary["counts"]["skipped"] == finished and summary["counts"]["done"] == 12 - finished
 
 
 def test_model_folder_integrity_is_checked(model_dir, tmp_path):
@@ -171,7 +173,7 @@ def test_dicom_seg_passes_dciodvfy(model_dir, data_path, tmp_path):
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
     summary = run_batch(model_dir, data_path("dicom/hippocampus_crops/study1"), tmp_path, echo=lambda _: None)
-    assert summary["done"] == 1
+    assert summary["counts"]["done"] == 1
     (seg,) = tmp_path.glob("*.seg.dcm")
     result = subprocess.run(["dciodvfy", "-new", str(seg)], capture_output=True, text=True)
     report = result.stdout + result.stderr
@@ -223,14 +225,14 @@ def test_rerun_redoes_results_of_another_model_or_settings(model_dir, tmp_path):
     other = _retrained_copy(model_dir, tmp_path / "other")
     lines = []
     summary = run_batch(other, folder, out, echo=lines.append)
-    assert summary["done"] == summary["redone"] == 2 and summary["skipped"] == 0
-    assert {row["status"] for row in _summary(out)} == {"redone: model changed"}
+    assert summary["counts"]["done"] == summary["redone"] == 2 and summary["counts"]["skipped"] == 0
+    assert {(row["status"], row["reason"]) for row in _summary(out)} == {("done", "redone: model changed")}
     assert any("(redone: model changed)" in line for line in lines)
     assert json.loads((out / "case0.json").read_text())["model_id"] == ModelFolder(other).model_id
-    assert run_batch(other, folder, out, echo=lambda _: None)["skipped"] == 2
+    assert run_batch(other, folder, out, echo=lambda _: None)["counts"]["skipped"] == 2
     changed = run_batch(other, folder, out, InferOptions(overlap=0.25), echo=lambda _: None)
     assert changed["redone"] == 2
-    assert {row["status"] for row in _summary(out)} == {"redone: settings changed (overlap)"}
+    assert {row["reason"] for row in _summary(out)} == {"redone: settings changed (overlap)"}
     assert json.loads((out / "case1.json").read_text())["settings"]["overlap"] == 0.25
     asked = run_batch(other, folder, out, InferOptions(overlap=0.25, save_probabilities=True), echo=lambda _: None)
     assert asked["redone"] == 2 and (out / "case0_probabilities.nii.gz").exists()

@@ -193,7 +193,7 @@ def test_broken_series_is_logged_and_node_goes_on(node, orthanc, data_path, tmp_
     digest = hashlib.sha256(_uid(broken[0]).encode()).hexdigest()[:16]
     errors = _wait(lambda: [line for line in lines if line.startswith(f"error: series {digest}: ")], 10,
                    "the broken series' error line")
-    assert len(errors) == 1 and "nothing to segment" in errors[0] and "missing slice" in errors[0], lines
+    assert len(errors) == 1 and "refused" in errors[0] and "missing slice" in errors[0], lines
     assert not orthanc.seg_tags(_uid(broken[0]))
 
 

@@ -6,16 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
-from medseg.config import load_config
 from medseg.infer.predictor import Predictor
 from medseg.io import read_volume
 from medseg.preprocess import preprocess, restore_labels, restore_probabilities
 from medseg.preprocess.orientation import canonical_ornt, from_canonical, to_canonical
 from medseg.qa.figures import display_planes, display_slice
-from medseg.train import train
 from medseg.types import Volume
 
 # Storage variants as nibabel orientations: row i = (new axis, flip) for stored axis i.
@@ -25,10 +22,7 @@ VARIANTS = {
     "permuted": [[2, 1], [0, 1], [1, 1]],
     "permuted and reversed": [[1, -1], [2, 1], [0, -1]],
 }
-TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=20", "train.lr=0.01",
-        "train.num_workers=0", "train.patch_size=[32, 32, 32]", "train.batch_size=2", "train.epochs=6",
-        "train.final_tta=false"]
-TRAIN_CASES, TEST_CASE = 10, 20  # indices in the sorted case list: the first ten train, the 21st is unseen
+TEST_CASE = 20  # indices in the sorted case list: the first ten train, the 21st is unseen
 
 
 def stored_as(volume: Volume, ornt) -> Volume:
@@ -120,21 +114,8 @@ def test_display_is_radiological():
 
 
 @pytest.fixture(scope="module")
-def hippocampus_model(shared_data, tmp_path_factory):
-    """A small model: 6 short epochs on 10 real hippocampus cases (about 10 s on two idle cores)."""
-    root = shared_data / "hippocampus"
-    if not root.exists():
-        pytest.skip(f"hippocampus not in {shared_data}")
-    tmp = tmp_path_factory.mktemp("hippo")
-    cases = [{"id": c, "images": [str(root / "imagesTr" / f"{c}.nii.gz")],
-              "label": str(root / "labelsTr" / f"{c}.nii.gz"), "fold": k % 5}
-             for k, c in enumerate(case_ids(root)[:TRAIN_CASES])]
-    manifest = tmp / "hippocampus.yaml"
-    manifest.write_text(yaml.safe_dump({"name": "hippocampus", "channels": {0: "MR"},
-                                        "labels": {0: "background", 1: "anterior", 2: "posterior"},
-                                        "cases": cases}))
-    train(manifest, tmp / "run", load_config(None, TINY), echo=lambda _: None)
-    return Predictor.from_dir(tmp / "run")
+def hippocampus_model(hippocampus_run):
+    return Predictor.from_dir(hippocampus_run)
 
 
 def test_segmentation_is_the_same_whatever_the_storage_order(hippocampus_model, hippocampus_case):

@@ -159,7 +159,7 @@ def listed_segs(out_dir: str | Path) -> list[Path]:
             continue  # not a case JSON
         outputs = record.get("outputs") if isinstance(record, dict) else None
         if isinstance(outputs, dict) and outputs.get("dicom_seg"):
-            seg = Path(outputs["dicom_seg"])
+            seg = Path(out_dir) / outputs["dicom_seg"]  # names are relative to the output folder
             if not seg.is_file():
                 raise MedsegError(f"the DICOM SEG it lists is missing: {seg}", path)
             segs.append(seg)

@@ -31,6 +31,7 @@ class InputCase:
     images: list[Path] = field(default_factory=list)  # image files (one per channel)
     series: object | None = None  # a DicomSeries, for DICOM inputs
     description: str = ""  # for the log only (series number and description, sanitised)
+    refused: str = ""  # why the input cannot be segmented (a DICOM series refused by the reading checks)
 
 
 @dataclass
@@ -42,9 +43,8 @@ class SeriesFilter:
     min_slices: int = 3
 
     def why_not(self, series) -> str:
-        """Empty when the series is selected, else the reason it is skipped."""
-        if series.problems:
-            return "; ".join(series.problems)
+        """Empty when the series is selected, else the reason it is not (a refused series is selected: it is
+        reported as refused, not silently left out)."""
         if self.modality and series.modality.upper() != self.modality.upper():
             return f"modality {series.modality or '?'} (selected: {self.modality})"
         if self.description and not re.search(self.description, series.description, re.IGNORECASE):
@@ -163,8 +163,9 @@ def _from_dicom(path: Path, series_filter: SeriesFilter) -> tuple[list[InputCase
             skipped.append(f"skipped {series.name}: {reason}")
             continue
         number = series.series_number if series.series_number is not None else f"#{series.index}"
-        label = f"series {number} {safe_token(series.description)}".strip()
-        cases.append(InputCase(id=series_id(series), series=series, description=label))
+        label = f"series {number}{series.split_part} {safe_token(series.description)}".strip()
+        cases.append(InputCase(id=series_id(series), series=series, description=label,
+                               refused="; ".join(series.problems)))
     reasons: dict[str, int] = {}
     for _, reason in scan.skipped:
         reasons[reason] = reasons.get(reason, 0) + 1

@@ -151,7 +151,7 @@ def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
     Raises:
         MedsegError: when no series is selected (the reasons in one line) or one fails to segment or send.
     """
-    from medseg.infer.batch import InferOptions, segment_case
+    from medseg.infer.case import InferOptions, output_path, segment_case
     from medseg.infer.inputs import discover
 
     options = InferOptions(overwrite=True, series=settings.series)
@@ -161,8 +161,11 @@ def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
     for line in skipped:
         echo(f"series {folder.name}: {line}")
     for case in cases:
+        if case.refused:
+            echo(f"error: series {folder.name}: {case.id} ({case.description}) refused: {case.refused}")
+            continue
         record = segment_case(predictor, case, settings.out, options)
-        seg = Path(record["outputs"]["dicom_seg"])
+        seg = output_path(settings.out, record["outputs"]["dicom_seg"])
         where = f", SEG in {seg}"
         if settings.send_to is not None:
             try:

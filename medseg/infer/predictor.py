@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from medseg.config import RunConfig
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, ModelError, one_line
 from medseg.model.device import autocast_dtype, choose_precision, resolve_device
 from medseg.model.inference import InferenceSettings, Prediction, component_rules, predict_volume
 from medseg.preprocess.plan import Plan
@@ -34,6 +34,7 @@ class Predictor:
         self.labels = dict(plan.labels)
         self.rules = component_rules(config.postprocess.rules, self.labels)
         self.model_dir: Path | None = None
+        self.fingerprint: dict | None = None  # training statistics, for plausibility flags
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
@@ -47,27 +48,36 @@ class Predictor:
         from medseg.model.folder import combined_id, open_model
 
         dev = resolve_device(device)
-        nets, plan, config = [], None, None
-        with open_model(model_dir) as folders:
-            for folder in folders:
-                folder.check()
-                for text in folder.compatibility_warnings():
-                    log.warning("%s: %s", folder.path, text)
-                this_plan = folder.load_plan()
-                if plan is not None and this_plan != plan:
-                    raise MedsegError("fold folders were trained with different plans; cannot ensemble",
-                                      folder.path)
-                plan, config = this_plan, folder.load_config()
-                net = build_network(plan, config.model.__dict__)
-                net.load_state_dict(folder.load_weights())
-                nets.append(net.to(dev).eval())
-            model_id = combined_id(folders)
+        nets, plan, config, fingerprint = [], None, None, None
+        try:
+            with open_model(model_dir) as folders:
+                for folder in folders:
+                    folder.check()
+                    for text in folder.compatibility_warnings():
+                        log.warning("%s: %s", folder.path, text)
+                    this_plan = folder.load_plan()
+                    if plan is not None and this_plan != plan:
+                        raise MedsegError("fold folders were trained with different plans; cannot ensemble",
+                                          folder.path)
+                    plan, config = this_plan, folder.load_config()
+                    fingerprint = fingerprint or folder.load_fingerprint()
+                    net = build_network(plan, config.model.__dict__)
+                    net.load_state_dict(folder.load_weights())
+                    nets.append(net.to(dev).eval())
+                model_id = combined_id(folders)
+        except ModelError:
+            raise
+        except MedsegError as exc:  # whatever is wrong with the model folder, the model is unusable
+            raise ModelError(exc.problem, exc.path) from None
+        except (RuntimeError, KeyError, ValueError) as exc:  # weights that do not fit the planned network
+            raise ModelError(f"weights do not fit the planned network ({one_line(exc)})", model_dir) from None
         wanted = precision if precision != "auto" else config.train.precision
         chosen = choose_precision(wanted, dev, lambda: build_network(plan, config.model.__dict__),
                                   (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
         dtype = autocast_dtype(chosen.precision)
         predictor = cls(nets, plan, config, dev, dtype, model_id)
         predictor.model_dir = Path(model_dir)
+        predictor.fingerprint = fingerprint
         return predictor
 
     def settings(self, mirror: bool | None = None, overlap: float | None = None) -> dict:

@@ -38,7 +38,8 @@ def read_series(series: DicomSeries) -> Volume:
     meta = {
         "source": str(folder), "format": "dicom", "modality": series.modality,
         "description": series.description, "series_number": series.series_number,
-        "series_uid": series.uid, "source_files": [str(p) for p in series.files], "warnings": list(series.notes),
+        "series_uid": series.uid, "study_uid": series.study_uid, "source_files": [str(p) for p in series.files],
+        "warnings": list(series.notes),
     }
     return Volume(array=volume, affine=series.affine, meta=meta)
 

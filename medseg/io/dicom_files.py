@@ -18,7 +18,8 @@ NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".jso
                       ".csv", ".md", ".png", ".jpg", ".jpeg", ".pdf", ".xml", ".zip", ".gz", ".npz", ".npy", ".pt",
                       ".html")
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+    "SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
+    "SeriesDescription",
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
     "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", "EchoNumbers", "RescaleSlope", "RescaleIntercept",
     "PixelRepresentation", "PhotometricInterpretation", "PixelData",

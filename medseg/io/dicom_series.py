@@ -80,6 +80,7 @@ class DicomSeries:
     frame_affine: np.ndarray | None = None
     flip_frames: bool = False
     identity: str = ""  # the SeriesInstanceUID, or the folder of files that have none
+    study_uid: str = ""
 
     @property
     def key(self) -> str:
@@ -231,6 +232,7 @@ def _base_series(info: FileInfo) -> DicomSeries:
         pixel_spacing=info.pixel_spacing or (1.0, 1.0),
         orientation=info.orientation if info.orientation is not None else np.full(6, np.nan),
         slices=[SliceHeader(info.path, info.position if info.position is not None else np.zeros(3))],
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
     )
 
 

@@ -37,7 +37,7 @@ FINGERPRINT, SUMS = "fingerprint.json", "SHA256SUMS"
 IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what the model id hashes: any change to them changes the model
 INFERENCE_FILES = (*IDENTITY_FILES, LABELS, VERSIONS)
 RUN_FILES = (*INFERENCE_FILES, FINGERPRINT, "splits.json", "validation.json", "log.jsonl")  # checksummed
-SHAREABLE_FINGERPRINT = ("median_spacing", "median_shape", "intensity", "label_voxels_median",
+SHAREABLE_FINGERPRINT = ("ranges", "median_spacing", "median_shape", "intensity", "label_voxels_median",
                          "label_volume_mm3", "cases_with_label")
 VERSIONED_PACKAGES = ("medseg", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom")
 MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; a 5-fold ensemble of the largest planned network is ~1 GB
@@ -122,6 +122,13 @@ class ModelFolder:
             warnings.append("planned before medseg reoriented inputs to RAS: results may depend on how scans are "
                             "stored; retrain with this version")
         return warnings
+
+    def load_fingerprint(self) -> dict | None:
+        """The training fingerprint (dataset-level statistics), or None when the folder has none."""
+        try:
+            return json.loads((self.path / FINGERPRINT).read_text())
+        except (OSError, ValueError):
+            return None
 
     def load_plan(self) -> Plan:
         """The plan, its keys and types checked."""

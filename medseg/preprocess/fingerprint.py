@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm import tqdm
 
 from medseg.data.dataset import Case, Dataset
 from medseg.preprocess.crop import crop, nonzero_box
@@ -29,7 +30,8 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
     """
     cases = dataset.labelled
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        rows = list(pool.map(lambda ic: _case_row(ic[1], dataset, seed + ic[0]), enumerate(cases)))
+        done = pool.map(lambda ic: _case_row(ic[1], dataset, seed + ic[0]), enumerate(cases))
+        rows = list(tqdm(done, total=len(cases), desc="fingerprint", unit="case", disable=None))  # stderr, TTY only
     spacings = np.array([r["spacing"] for r in rows])
     shapes = np.array([r["shape"] for r in rows])
     intensity = []
@@ -47,6 +49,7 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
         "cases": [r["id"] for r in rows],
         "spacings": spacings.tolist(),
         "shapes": shapes.tolist(),
+        "ranges": training_ranges(spacings, shapes),
         "median_spacing": np.median(spacings, axis=0).tolist(),
         "median_shape": np.median(shapes, axis=0).tolist(),
         "intensity": intensity,
@@ -74,3 +77,11 @@ def _case_row(case: Case, dataset: Dataset, seed: int) -> dict:
     counts = dict(zip(*np.unique(lab, return_counts=True), strict=True))
     return {"id": case.id, "spacing": list(image.spacing), "shape": list(img.shape[1:]), "samples": samples,
             "counts": {int(k): int(v) for k, v in counts.items()}, "voxel_mm3": float(np.prod(image.spacing))}
+
+
+def training_ranges(spacings, shapes) -> dict:
+    """Smallest and largest spacing (mm) and extent of the cropped image (mm) per canonical axis."""
+    spacings, shapes = np.asarray(spacings, float), np.asarray(shapes, float)
+    extents = spacings * shapes
+    return {"spacing_min": spacings.min(0).tolist(), "spacing_max": spacings.max(0).tolist(),
+            "extent_mm_min": extents.min(0).tolist(), "extent_mm_max": extents.max(0).tolist()}

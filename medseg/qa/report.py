@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.infer.case import output_path
 from medseg.io.atomic import write_text_atomic
 from medseg.io.geometry import grid_mismatch
 from medseg.io.volume_io import read_volume
@@ -93,7 +94,9 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
     """Review every case of a `medseg infer` output folder and write ``qa_report.html`` (worst first)."""
     results = Path(results_dir)
     records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
-    records = [r for r in records if "outputs" in r and "label" in r["outputs"]]
+    records = [r for r in records if isinstance(r, dict) and "label" in r.get("outputs", {})]
+    for record in records:  # case JSONs name outputs relative to the results folder
+        record["outputs"] = {k: str(output_path(results, v)) for k, v in record["outputs"].items()}
     if not records:
         raise MedsegError("no inference results (<id>.json from medseg infer) found", results)
     truths = _truth_paths(Path(gt)) if gt else {}
