@@ -1,6 +1,5 @@
 """The README's main command end to end, then evaluate, qa and the notebook on its results."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,10 @@ def test_demo_trains_infers_evaluates_and_reports(demo):
     results = result["results"]
     assert len(list(results.glob("*.seg.dcm"))) == 1 and (results / "summary.csv").exists()
     html = result["report"].read_text()
-    assert html.count("data:image/png;base64,") == 4 and "Phantom" not in html and "Anonymous" not in html
+    assert "Phantom" not in html and "Anonymous" not in html
+    # one picture per case (three against ground truth) and the training curve; no probabilities were saved
+    assert html.count("data:image/png;base64,") == 5 and "alt='training progress" in html
+    assert html.count("alt='prediction against ground truth") == 3 and html.count("No probabilities saved") == 4
 
 
 @pytest.mark.slow
@@ -43,21 +45,48 @@ def test_evaluate_and_qa_commands(demo, tmp_path):
     assert "4 cases" in out.output
 
 
-@pytest.mark.slow
-def test_notebook_executes(demo):
+def _run_notebook(results, truth, monkeypatch) -> list:
+    """Execute docs/qa_review.ipynb top to bottom on ``results`` (``truth``: MEDSEG_GT, or None); its outputs."""
     import nbformat
     from nbclient import NotebookClient
 
-    result, _ = demo
     nb = nbformat.read(ROOT / "docs" / "qa_review.ipynb", as_version=4)
-    os.environ["MEDSEG_RESULTS"] = str(result["results"])
-    os.environ["MEDSEG_GT"] = str(result["results"].parent / "test" / "labels")
+    monkeypatch.setenv("MEDSEG_RESULTS", str(results))  # the kernel inherits the environment
+    if truth is None:
+        monkeypatch.delenv("MEDSEG_GT", raising=False)
+    else:
+        monkeypatch.setenv("MEDSEG_GT", str(truth))
     resources = {"metadata": {"path": str(ROOT / "docs")}}
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources)
-    client.execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    return outputs
+
+
+def _text(outputs) -> str:
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+@pytest.mark.slow
+def test_notebook_executes(demo, monkeypatch):
+    result, _ = demo
+    outputs = _run_notebook(result["results"], result["results"].parent / "test" / "labels", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert any("text/markdown" in o.get("data", {}) for o in outputs)  # the metrics table
+    assert "mean Dice" in _text(outputs)
+
+
+@pytest.mark.slow
+def test_notebook_executes_without_ground_truth(demo, monkeypatch, tmp_path):
+    import shutil
+
+    result, _ = demo
+    results = shutil.copytree(result["results"], tmp_path / "results")  # no test labels beside this copy
+    outputs = _run_notebook(results, None, monkeypatch)
+    text = _text(outputs)
+    assert "ground truth: none" in text and "no ground truth (set MEDSEG_GT" in text and "mean Dice" not in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert not any("text/markdown" in o.get("data", {}) for o in outputs)
 
 
 @pytest.mark.slow
@@ -78,4 +107,4 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
 
     image = Image.open(shot).convert("L")
     assert image.size == (1000, 1600)
-    assert len(set(image.getdata())) > 50  # overlays drawn, not a blank page
+    assert len(image.getcolors(256)) > 50  # overlays drawn, not a blank page

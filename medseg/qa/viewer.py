@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from medseg.qa.errors import centroid
 from medseg.qa.figures import (
     PLANES,
     display_aspect,
     display_slice,
-    focus_point,
     label_colors,
     label_rgba,
     mark_edges,
@@ -38,7 +38,7 @@ def slice_viewer(image: np.ndarray, label: np.ndarray, grid=(1.0, 1.0, 1.0),
     colors = label_colors(labels)
     lo, hi = np.percentile(image, [1, 99])
     (image, label), spacing = to_display_orientation([image, label], grid)
-    start = focus_point(label)
+    start = centroid(label > 0)
     plane_box = widgets.ToggleButtons(options=["axial", "coronal", "sagittal"], value="axial", description="plane")
     index = widgets.IntSlider(value=start[PLANES["axial"]], min=0, max=image.shape[PLANES["axial"]] - 1,
                               description="slice")
