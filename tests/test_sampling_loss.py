@@ -6,6 +6,7 @@ from monai.losses import DiceCELoss
 
 from medseg.train.data import label_classes
 from medseg.train.loop import deep_supervision_loss
+from medseg.train.losses import marginal_dice_ce
 from medseg.train.sampling import PatchSampler
 
 
@@ -27,7 +28,8 @@ def test_rare_class_is_seen_often_and_a_third_is_foreground():
     sampler = PatchSampler(images, labels, (16, 16, 8), classes=[1, 2], foreground_fraction=0.33, seed=1)
     with_lesion = centred = total = 0
     for _ in range(200):
-        _, labs, chosen = sampler.batch(3)
+        batch = sampler.batch(3)
+        labs, chosen = batch.labels, batch.centred
         total += len(chosen)
         centred += sum(k is not None for k in chosen)
         with_lesion += int(sum((lab == 2).any() for lab in labs))
@@ -39,9 +41,9 @@ def test_rare_class_is_seen_often_and_a_third_is_foreground():
 def test_patches_are_padded_when_image_is_smaller():
     images, labels = _cases(1)
     sampler = PatchSampler(images, labels, (48, 48, 24), classes=[1, 2], seed=0)
-    imgs, labs, _ = sampler.batch(2)
-    assert imgs.shape == (2, 1, 48, 48, 24) and labs.shape == (2, 1, 48, 48, 24)
-    assert labs.sum() > 0
+    batch = sampler.batch(2)
+    assert batch.images.shape == (2, 1, 48, 48, 24) and batch.labels.shape == (2, 1, 48, 48, 24)
+    assert batch.labels.sum() > 0 and batch.contoured.shape == (2, 3) and batch.contoured.all()
 
 
 def test_deep_supervision_loss_prefers_correct_prediction():
@@ -62,9 +64,10 @@ def test_labels_with_values_0_5_7_sample_and_train_as_classes_0_1_2():
     values = [0, 5, 7]
     labels = [label_classes(np.asarray(values, np.int16)[lab], values) for lab in labels]
     sampler = PatchSampler(images, labels, (16, 16, 8), classes=[1, 2], foreground_fraction=1.0, seed=0)
-    _, labs, chosen = sampler.batch(4)
+    batch = sampler.batch(4)
+    labs, chosen = batch.labels, batch.centred
     assert sampler.classes == [1, 2] and set(chosen) <= {1, 2} and set(np.unique(labs).tolist()) <= {0, 1, 2}
     logits = torch.zeros(4, len(values), 16, 16, 8, requires_grad=True)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(logits, torch.from_numpy(labs).long())
+    loss = marginal_dice_ce(logits, torch.from_numpy(labs).long(), torch.from_numpy(batch.contoured))
     loss.backward()
     assert torch.isfinite(loss) and logits.grad is not None

@@ -37,7 +37,7 @@ def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
     assert log[-1]["val_dice"]["organ"] > 0.6, log[-1]
     assert summary["best_mean_dice"] == max(r["val_mean_dice"] for r in log)
     for name in ("config.yaml", "plan.json", "fingerprint.json", "labels.json", "splits.json", "weights.pt",
-                 "versions.json", "SHA256SUMS", "checkpoint_last.pt"):
+                 "versions.json", "SHA256SUMS", "checkpoint_last.pt", "progress.png"):
         assert (out / name).exists(), name
     assert verify_sha256sums(out) == []
     state = torch.load(out / "weights.pt", weights_only=True)

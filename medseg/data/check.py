@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from medseg.data.dataset import Case, Dataset
 from medseg.errors import MedsegError
@@ -54,12 +55,19 @@ class CheckReport:
         return not self.errors
 
     def summary(self) -> str:
+        """One line, followed by one line per foreground label with its count of contoured cases when the
+        dataset says which labels each case contoured (``Case.annotated``)."""
         d = self.dataset
         test = sum(c.split == "test" for c in d.labelled)
-        return (f"{d.name} ({d.source}): {len(d.cases)} cases, {len(d.labelled)} labelled"
+        line = (f"{d.name} ({d.source}): {len(d.cases)} cases, {len(d.labelled)} labelled"
                 f"{f' ({test} test)' if test else ''}, {len(d.channels)} channel(s), "
                 f"labels declared {sorted(d.labels)}, found {sorted(self.label_values)}: "
                 f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+        if not d.partially_annotated:
+            return line
+        counts = [f"  {d.labels[v]}: contoured in {n} of {len(d.labelled)} cases"
+                  for v, n in d.contoured_counts().items()]
+        return "\n".join([line, *counts])
 
 
 def check_dataset(dataset: Dataset, workers: int = 2) -> CheckReport:
@@ -72,7 +80,9 @@ def check_dataset(dataset: Dataset, workers: int = 2) -> CheckReport:
     report = CheckReport(dataset)
     report.problems += [Problem("error", None, text) for text in dataset.problems]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for found, values in pool.map(lambda c: check_case(c, dataset), dataset.cases):
+        checked = pool.map(lambda c: check_case(c, dataset), dataset.cases)
+        # disable=None: the bar (on stderr) shows only when stderr is a terminal
+        for found, values in tqdm(checked, total=len(dataset.cases), desc="checking", unit="case", disable=None):
             report.problems += found
             report.label_values |= values
     unused = sorted(set(dataset.foreground_labels) - report.label_values)
@@ -125,4 +135,7 @@ def check_case(case: Case, dataset: Dataset) -> tuple[list[Problem], set[int]]:
         err(f"label value(s) {sorted(extra)} not among the declared labels {sorted(dataset.labels)}", case.label)
     elif values <= {0}:
         err("label map is empty (background only)", case.label, "warning")
+    if uncontoured := sorted(v for v in values & set(dataset.labels) if not case.contoured(v)):
+        err(f"label map holds label value(s) {uncontoured} that the case's annotated list {list(case.annotated)} "
+            "does not name as contoured", case.label)
     return problems, {int(v) for v in values}

@@ -4,6 +4,8 @@ Label maps are cached as *class indices*: label value ``sorted(plan.labels)[i]``
 network's ``K`` output channels, the loss, patch sampling and validation all work on ``0..K-1`` whatever
 the label values are (``0, 5, 7`` trains as ``0, 1, 2``). Inference maps indices back to values
 (:func:`medseg.preprocess.restore_labels`). For labels ``0..K-1`` indices and values are the same.
+Next to each label map the cache keeps which class indices the case contoured (``Case.annotated``), the
+mask the patch sampler hands to the marginal loss (:mod:`medseg.train.losses`) with every patch.
 Test cases (``split: test``) are left out of planning as well as training.
 """
 
@@ -15,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from medseg.config import RunConfig
-from medseg.data.dataset import Dataset
+from medseg.data.dataset import Case, Dataset
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_bytes_atomic, write_text_atomic
 from medseg.preprocess.plan import Plan
@@ -54,38 +57,52 @@ def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo) -> tuple[
     return plan, fp
 
 
-def prepare_cases(dataset: Dataset, ids, plan: Plan, cache: Path, echo) -> tuple[list, list]:
-    """Preprocessed ``(images, labels)`` for ``ids``, from ``cache`` when already done.
+def prepare_cases(dataset: Dataset, ids, plan: Plan, cache: Path, echo) -> tuple[list, list, list]:
+    """Preprocessed ``(images, labels, contoured)`` for ``ids``, from ``cache`` when already done.
 
-    Labels are int16 class indices (see the module docstring); each cache file records the label values
-    its indices stand for, and one that does not match the plan (or predates indices) is redone.
+    Labels are int16 class indices (see the module docstring); ``contoured[i]`` is a ``(K,)`` bool array of
+    the class indices case ``i`` contoured (:func:`contoured_classes`). Each cache file records the label
+    values its indices stand for and the contoured mask; one that does not match the plan and the dataset
+    (or predates indices) is redone.
     """
     from medseg.preprocess import preprocess
     from medseg.preprocess.io import load_case
 
     by_id = {c.id: c for c in dataset.cases}
     values = np.asarray(sorted(int(v) for v in plan.labels))
-    images, labels = [], []
-    for case_id in ids:
+    images, labels, masks = [], [], []
+    for case_id in tqdm(ids, desc="preprocessing", unit="case", disable=None):  # stderr, TTY only
         path = cache / f"{case_id}.npz"
-        cached = _read_cache(path, values)
+        contoured = contoured_classes(by_id[case_id], values)
+        cached = _read_cache(path, values, contoured)
         if cached is None:
             image, label = load_case(by_id[case_id])
             data, lab, _ = preprocess(image, label, plan)
             cached = data, label_classes(lab, values, by_id[case_id].label)
             buffer = io.BytesIO()
-            np.savez(buffer, image=cached[0], label=cached[1], label_values=values)
+            np.savez(buffer, image=cached[0], label=cached[1], label_values=values, contoured=contoured)
             write_bytes_atomic(path, buffer.getvalue())
         images.append(cached[0])
         labels.append(cached[1])
-    return images, labels
+        masks.append(contoured)
+    return images, labels, masks
 
 
-def _read_cache(path: Path, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def contoured_classes(case: Case, values) -> np.ndarray:
+    """``(K,)`` bool: whether ``case`` contoured each class index (label ``sorted(values)[i]``); background does."""
+    return np.asarray([case.contoured(int(v)) for v in sorted(values)], bool)
+
+
+def _read_cache(path: Path, values: np.ndarray, contoured: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached image and label when the file matches ``values`` and ``contoured`` (a file written before
+    the mask was cached matches a fully contoured case)."""
     if not path.exists():
         return None
     with np.load(path) as data:
         if "label_values" not in data.files or not np.array_equal(data["label_values"], values):
+            return None
+        cached = data["contoured"] if "contoured" in data.files else np.ones(len(values), bool)
+        if not np.array_equal(cached, contoured):
             return None
         return data["image"], data["label"]
 

@@ -11,7 +11,8 @@ from medseg.model.device import autocast
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Endless augmented batches, produced in DataLoader worker processes (one seed per worker)."""
+    """Endless augmented batches ``(images, labels, contoured)`` (see :class:`medseg.train.sampling.Batch`),
+    produced in DataLoader worker processes (one seed per worker)."""
 
     def __init__(self, sampler, augment_config, batch_size: int, seed: int):
         super().__init__()
@@ -28,33 +29,39 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.sampler.rng = np.random.default_rng([self.seed, worker])
         compose = build_augmentation(self.augment_config, seed=self.seed * 1000 + worker)
         while True:
-            images, labels, _ = self.sampler.batch(self.batch_size)
-            images, labels = augment_batch(compose, images, labels)
-            yield torch.from_numpy(images), torch.from_numpy(labels)
+            batch = self.sampler.batch(self.batch_size)
+            images, labels = augment_batch(compose, batch.images, batch.labels)
+            yield torch.from_numpy(images), torch.from_numpy(labels), torch.from_numpy(batch.contoured)
 
 
-def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Loss over DynUNet's stacked outputs ``(B, 1 + levels, K, ...)`` with weights 1, 1/2, 1/4... (normalised)."""
+def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor, *extra) -> torch.Tensor:
+    """Loss over DynUNet's stacked outputs ``(B, 1 + levels, K, ...)`` with weights 1, 1/2, 1/4... (normalised).
+
+    ``extra`` (the ``(B, K)`` contoured mask for :func:`medseg.train.losses.marginal_dice_ce`) goes to every
+    level's ``loss_fn(output, target, *extra)``; a plain ``(B, K, ...)`` output is one level.
+    """
     if output.dim() == target.dim():
-        return loss_fn(output, target)
+        return loss_fn(output, target, *extra)
     weights = torch.tensor([0.5**i for i in range(output.shape[1])])
     weights = weights / weights.sum()
-    return sum(w * loss_fn(output[:, i], target) for i, w in enumerate(weights))
+    return sum(w * loss_fn(output[:, i], target, *extra) for i, w in enumerate(weights))
 
 
 def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, scaler=None) -> dict:
-    """Run ``steps`` optimisation steps; returns mean loss and the fraction of time spent waiting for data."""
+    """Run ``steps`` optimisation steps on ``(images, labels, contoured)`` batches with
+    ``loss_fn(output, labels, contoured)``; returns mean loss and the fraction of time spent waiting for data."""
     net.train()
     losses, wait, start = [], 0.0, time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
-        images, labels = next(batches)
+        images, labels, contoured = next(batches)
         wait += time.perf_counter() - t0
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        contoured = contoured.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, dtype):
             output = net(images)
-        loss = deep_supervision_loss(loss_fn, output.float(), labels)
+        loss = deep_supervision_loss(loss_fn, output.float(), labels, contoured)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -30,6 +30,7 @@ from medseg.model.folder import ModelFolder
 from medseg.model.inference import InferenceSettings, component_rules
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
+from medseg.train.progress_plot import update_progress_png
 from medseg.train.splits import split_cases
 
 
@@ -146,10 +147,11 @@ def _final_validation(net, config, val_set, plan, out, dev, dtype, echo) -> dict
 
 
 def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume, ctx: Context):
-    from monai.losses import DiceCELoss
+    from functools import partial
 
     from medseg.model import build_network
     from medseg.train.loop import BatchStream, train_steps
+    from medseg.train.losses import marginal_dice_ce
     from medseg.train.sampling import PatchSampler
     from medseg.train.validation import summarise, validate
 
@@ -157,11 +159,12 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     net = build_network(plan, config.model.__dict__).to(dev)
     optimizer = _optimizer(net, tc)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=tc.dice_weight,
-                         lambda_ce=tc.ce_weight)
+    # DiceCE, marginal over each case's uncontoured classes (plain DiceCE when every class is contoured)
+    loss_fn = partial(marginal_dice_ce, lambda_dice=tc.dice_weight, lambda_ce=tc.ce_weight)
     classes = list(range(1, len(plan.labels)))  # cached labels are class indices 0..K-1
     seed = tc.seed + 1000 * ctx.rank  # each rank draws its own patches
-    sampler = PatchSampler(train_data[0], train_data[1], plan.patch_size, classes, tc.foreground_fraction, seed)
+    images, labels, contoured = train_data
+    sampler = PatchSampler(images, labels, plan.patch_size, classes, tc.foreground_fraction, seed, contoured)
     state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1, "elapsed": 0.0}
     last = out / "checkpoint_last.pt"
     if resume and last.exists():
@@ -215,6 +218,7 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
                       "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state["elapsed"],
                       "ranks": ctx.world}
             _append_log(out / "log.jsonl", record)
+            update_progress_png(out / "log.jsonl", out / "progress.png")
             echo(_progress_line(record, _progress(state, total_steps, budget, start, epoch_seconds, val_seconds),
                                 start))
         state = ctx.broadcast(state)

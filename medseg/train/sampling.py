@@ -2,9 +2,13 @@
 
 Labels here are class indices ``0..K-1`` (as :func:`medseg.train.data.prepare_cases` caches them), not
 label values: the classes to oversample are ``1..K-1`` whatever the dataset's label values are.
+With partial annotations a case's uncontoured classes are never oversampled in it, and every batch carries
+each patch's contoured-class mask for the marginal loss (:mod:`medseg.train.losses`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,33 +27,57 @@ def class_locations(label: np.ndarray, classes, rng: np.random.Generator) -> dic
     return out
 
 
+class Batch(NamedTuple):
+    """One batch of patches.
+
+    Attributes:
+        images: ``(B, C, *patch)`` float32.
+        labels: ``(B, 1, *patch)`` class indices.
+        contoured: ``(B, K)`` bool, the classes each patch's case contoured (background always).
+        centred: The foreground class each patch was centred on, None for a patch centred anywhere.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    contoured: np.ndarray
+    centred: list[int | None]
+
+
 class PatchSampler:
     """Draw training patches from preprocessed cases held in memory.
 
     In each batch the first ``ceil(foreground_fraction * batch)`` patches are centred on a foreground
     voxel: a class is chosen uniformly among the foreground classes (not by voxel count), then a case
-    containing it, then one of its voxels. The rest are centred anywhere.
+    that contoured it and contains it, then one of its voxels. The rest are centred anywhere.
 
     Args:
         images: Per case ``(C, x, y, z)`` float32 arrays.
         labels: Per case ``(x, y, z)`` integer arrays of class indices.
         patch_size: ``(px, py, pz)`` voxels; smaller images are zero-padded.
         classes: Foreground class indices to oversample (``1..K-1`` for a ``K``-class plan).
+        contoured: Per case a ``(K,)`` bool array of the classes it contoured
+            (:func:`medseg.train.data.contoured_classes`); None when every case contoured every class
+            (then ``K = max(classes) + 1``).
     """
 
-    def __init__(self, images, labels, patch_size, classes, foreground_fraction: float = 0.33, seed: int = 0):
+    def __init__(self, images, labels, patch_size, classes, foreground_fraction: float = 0.33, seed: int = 0,
+                 contoured: list[np.ndarray] | None = None):
         self.images, self.labels = images, labels
         self.patch = np.asarray(patch_size, int)
         self.fg_fraction = float(foreground_fraction)
         self.rng = np.random.default_rng(seed)
-        self.locations = [class_locations(lab, classes, self.rng) for lab in labels]
+        if contoured is None:
+            contoured = [np.ones(max(classes, default=0) + 1, bool)] * len(labels)
+        self.contoured = [np.asarray(m, bool) for m in contoured]
+        self.locations = [class_locations(lab, [k for k in classes if mask[k]], self.rng)
+                          for lab, mask in zip(labels, self.contoured, strict=True)]
         self.classes = sorted({k for loc in self.locations for k in loc})
         self.cases_with = {k: [i for i, loc in enumerate(self.locations) if k in loc] for k in self.classes}
 
-    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
-        """``(B, C, *patch)`` images, ``(B, 1, *patch)`` labels and the class each patch was centred on."""
+    def batch(self, batch_size: int) -> Batch:
+        """``batch_size`` patches, the first ``ceil(foreground_fraction * batch_size)`` centred on foreground."""
         forced = int(np.ceil(self.fg_fraction * batch_size)) if self.classes else 0
-        imgs, labs, chosen = [], [], []
+        imgs, labs, masks, chosen = [], [], [], []
         for b in range(batch_size):
             if b < forced:
                 k = int(self.rng.choice(self.classes))
@@ -62,8 +90,9 @@ class PatchSampler:
             img, lab = self.extract(case, centre)
             imgs.append(img)
             labs.append(lab[None])
+            masks.append(self.contoured[case])
             chosen.append(k)
-        return np.stack(imgs), np.stack(labs), chosen
+        return Batch(np.stack(imgs), np.stack(labs), np.stack(masks), chosen)
 
     def extract(self, case: int, centre) -> tuple[np.ndarray, np.ndarray]:
         """Patch of ``patch_size`` centred (as far as the image allows) on ``centre``, zero-padded."""
