@@ -43,8 +43,11 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
             "min": float(values.min()), "max": float(values.max()),
         })
     labels = sorted(k for k in dataset.labels if k != 0)
-    voxels = {str(k): [r["counts"].get(k, 0) for r in rows] for k in labels}
-    volumes = {str(k): [r["counts"].get(k, 0) * r["voxel_mm3"] for r in rows] for k in labels}
+    # An organ a case did not contour is unknown there, not 0 mm3: only contouring cases count (a label
+    # contoured nowhere gets its statistics from every case, all zero).
+    contoured = {k: [r for r, c in zip(rows, cases, strict=True) if c.contoured(k)] or rows for k in labels}
+    voxels = {str(k): [r["counts"].get(k, 0) for r in contoured[k]] for k in labels}
+    volumes = {str(k): [r["counts"].get(k, 0) * r["voxel_mm3"] for r in contoured[k]] for k in labels}
     return {
         "cases": [r["id"] for r in rows],
         "spacings": spacings.tolist(),

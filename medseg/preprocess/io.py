@@ -20,7 +20,9 @@ def load_image(paths) -> Volume:
         if mismatch := grid_mismatch(first.spatial_shape, first.affine, vol.spatial_shape, vol.affine):
             raise MedsegError(f"channel grid differs from the first channel: {'; '.join(mismatch)}", path)
         arrays.append(vol.array if vol.array.ndim == 4 else vol.array[None])
-    return Volume(np.concatenate(arrays, axis=0), first.affine, dict(first.meta))
+    warnings = [f"channel {c}: {w}" if len(volumes) > 1 else w
+                for c, vol in enumerate(volumes) for w in vol.meta.get("warnings", [])]
+    return Volume(np.concatenate(arrays, axis=0), first.affine, {**first.meta, "warnings": warnings})
 
 
 def load_case(case: Case) -> tuple[Volume, Volume | None]:

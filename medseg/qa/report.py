@@ -21,6 +21,7 @@ from medseg.infer.case import output_path
 from medseg.io.atomic import write_text_atomic
 from medseg.io.geometry import grid_mismatch
 from medseg.io.volume_io import read_volume
+from medseg.metrics.evaluate import ground_truth
 from medseg.qa.figures import comparison_figure, figure_png_base64, overlay_figure, uncertainty_figure
 from medseg.qa.flags import case_flags
 from medseg.qa.uncertainty import normalised_entropy
@@ -105,8 +106,10 @@ def load_result(record: dict, gt_label: str | Path | None = None) -> ResultCase:
                       truth=read_volume(gt_label, label=True) if gt_label is not None else None)
 
 
-def review_case(record: dict, gt_label: Path | None = None, training_volumes: dict | None = None) -> CaseReview:
-    """Flags, volumes, metrics (when ``gt_label``) and pictures for one inference record."""
+def review_case(record: dict, gt_label: Path | None = None, training_volumes: dict | None = None,
+                annotated: tuple[int, ...] | None = None) -> CaseReview:
+    """Flags, volumes, metrics (when ``gt_label``; only labels the truth contoured, given ``annotated``) and
+    pictures for one inference record."""
     from medseg.metrics.evaluate import evaluate_case
 
     case = load_result(record, gt_label)
@@ -117,7 +120,8 @@ def review_case(record: dict, gt_label: Path | None = None, training_volumes: di
     truth = None
     if case.truth is not None and not case.geometry:
         try:
-            rows = evaluate_case(label, case.truth, {0: "background", **names}, case_id=record["id"])
+            rows = evaluate_case(label, case.truth, {0: "background", **names}, case_id=record["id"],
+                                 annotated=annotated)
             review.metrics = {r["label"]: {k: r[k] for k in ("dice", "hd95", "nsd", "volume_diff_mm3")} for r in rows}
             truth = case.truth.array
         except MedsegError as exc:
@@ -154,12 +158,12 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
     records = read_records(results)
     if not records:
         raise MedsegError("no inference results (<id>.json from medseg infer) found", results)
-    truths = truth_paths(Path(gt)) if gt else {}
+    truths, _, annotated = ground_truth(Path(gt)) if gt else ({}, None, {})
     training = _training_volumes(records[0])
     reviews = []
     for record in records:
         try:
-            reviews.append(review_case(record, truths.get(record["id"]), training))
+            reviews.append(review_case(record, truths.get(record["id"]), training, annotated.get(record["id"])))
         except MedsegError as exc:
             reviews.append(CaseReview(id=record["id"], volumes={}, flags=[f"cannot review: {exc.problem}"]))
             echo(f"error: {record['id']}: {exc}")
@@ -171,11 +175,6 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
     return path
 
 
-def truth_paths(gt: Path) -> dict[str, Path]:
-    """The same pairing as ``medseg evaluate``: label files by case id."""
-    from medseg.metrics.evaluate import ground_truth
-
-    return ground_truth(gt)[0]
 
 
 def _training_volumes(record: dict) -> dict | None:
