@@ -108,3 +108,15 @@ def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
     epochs = [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 13))
     assert verify_sha256sums(out) == []
+
+
+def test_time_budget_is_a_hard_limit_even_mid_epoch(phantoms, tmp_path):
+    """An epoch far longer than the budget is cut mid-epoch; validation and writing still fit the budget."""
+    config = load_config(None, TINY + ["train.iterations_per_epoch=100000", "train.time_budget=40s"])
+    lines = []
+    t0 = time.perf_counter()
+    train(phantoms, tmp_path / "run", config, echo=lines.append)
+    elapsed = time.perf_counter() - t0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 1 <= log[0]["step"] < 100000 and (tmp_path / "run" / "validation.json").exists()
+    assert elapsed < 40 * 1.1 + 4, (elapsed, lines)

@@ -9,6 +9,9 @@ import torch
 
 from medseg.model.device import autocast
 
+# Progress inside an epoch is reported at most this often (seconds).
+REPORT_SECONDS = 30.0
+
 
 class BatchStream(torch.utils.data.IterableDataset):
     """Endless augmented batches ``(images, labels, contoured)`` (see :class:`medseg.train.sampling.Batch`),
@@ -47,12 +50,25 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor, *
     return sum(w * loss_fn(output[:, i], target, *extra) for i, w in enumerate(weights))
 
 
-def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, scaler=None) -> dict:
-    """Run ``steps`` optimisation steps on ``(images, labels, contoured)`` batches with
-    ``loss_fn(output, labels, contoured)``; returns mean loss and the fraction of time spent waiting for data."""
+def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, scaler=None,
+                deadline: float | None = None, report=None) -> dict:
+    """Run up to ``steps`` optimisation steps on ``(images, labels, contoured)`` batches with
+    ``loss_fn(output, labels, contoured)``.
+
+    Args:
+        deadline: ``time.perf_counter()`` value after which no further step starts (a time budget's hard
+            stop, mid-epoch if need be); None: all ``steps``.
+        report: Called as ``report(done, steps, steps_per_second)`` at most every :data:`REPORT_SECONDS`.
+
+    Returns:
+        Mean loss, steps done, seconds, and the fraction of time spent waiting for data.
+    """
     net.train()
     losses, wait, start = [], 0.0, time.perf_counter()
+    last_report = start
     for _ in range(steps):
+        if deadline is not None and losses and time.perf_counter() >= deadline:
+            break
         t0 = time.perf_counter()
         images, labels, contoured = next(batches)
         wait += time.perf_counter() - t0
@@ -73,5 +89,10 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, sca
             torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
             optimizer.step()
         losses.append(float(loss.detach()))
+        now = time.perf_counter()
+        if report is not None and now - last_report >= REPORT_SECONDS:
+            report(len(losses), steps, len(losses) / (now - start))
+            last_report = now
     total = time.perf_counter() - start
-    return {"loss": float(np.mean(losses)), "data_wait_fraction": wait / max(total, 1e-9), "seconds": total}
+    return {"loss": float(np.mean(losses)), "steps": len(losses), "data_wait_fraction": wait / max(total, 1e-9),
+            "seconds": total}

@@ -187,14 +187,19 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     val_seconds = epoch_seconds = 0.0
     while True:
         # Rank 0 decides progress (and so the learning rate and when to stop) for every rank.
-        progress = ctx.broadcast(_progress(state, total_steps, budget, start, epoch_seconds, val_seconds))
+        progress = ctx.broadcast(_progress(state, total_steps, budget, start, epoch_seconds, val_seconds,
+                                           tc.final_tta, ctx))
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
             group["lr"] = _lr(tc, progress)
         t0 = time.perf_counter()
-        stats = train_steps(model, batches, optimizer, loss_fn, dev, dtype, tc.iterations_per_epoch, scaler)
-        state["step"] += tc.iterations_per_epoch
+        epoch = state["epoch"] + 1
+        stats = train_steps(model, batches, optimizer, loss_fn, dev, dtype, tc.iterations_per_epoch, scaler,
+                            deadline=_deadline(budget, start, val_seconds, tc.final_tta, ctx),
+                            report=lambda done, steps, rate, epoch=epoch: echo(
+                                f"epoch {epoch:3d}: {done}/{steps} steps, {rate:.2f} steps/s"))
+        state["step"] += stats["steps"]
         state["train_seconds"] += stats["seconds"]
         v0 = time.perf_counter()
         shard = val_set.shard(ctx.rank, ctx.world)
@@ -219,8 +224,8 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
                       "ranks": ctx.world}
             _append_log(out / "log.jsonl", record)
             update_progress_png(out / "log.jsonl", out / "progress.png")
-            echo(_progress_line(record, _progress(state, total_steps, budget, start, epoch_seconds, val_seconds),
-                                start))
+            echo(_progress_line(record, _progress(state, total_steps, budget, start, epoch_seconds, val_seconds,
+                                                  tc.final_tta, ctx), start))
         state = ctx.broadcast(state)
     return net, state
 
@@ -235,17 +240,29 @@ def _optimizer(net, tc):
     return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)  # checked at load
 
 
-def _progress(state, total_steps, budget, start, epoch_seconds: float = 0.0, val_seconds: float = 0.0) -> float:
-    """Fraction of the run done: by steps, or by wall-clock when a time budget is set.
-
-    With a budget, the last epoch's duration (training and validation) stays free so that an epoch only
-    starts when it can finish, and so do 12 validations' worth (the final validation mirrors 8x) plus
-    20 s for writing the model folder.
-    """
+def _progress(state, total_steps, budget, start, epoch_seconds: float, val_seconds: float, final_tta: bool,
+              ctx: Context) -> float:
+    """Fraction of the run done: by steps, or by wall-clock when a time budget is set (1.0: stop)."""
     if budget is None:
         return state["step"] / max(total_steps, 1)
-    usable = budget - epoch_seconds - 12.0 * val_seconds - 20.0
-    return (time.perf_counter() - start) / max(usable, 1.0)
+    return (time.perf_counter() - start) / max(_usable(budget, epoch_seconds, val_seconds, final_tta, ctx), 1.0)
+
+
+def _deadline(budget: float | None, start: float, val_seconds: float, final_tta: bool, ctx: Context) -> float | None:
+    """When the current epoch must stop stepping (mid-epoch if need be) so that the rest still fits the
+    budget; None without a budget, and under torchrun, where every rank must take the same number of steps."""
+    if budget is None or ctx.world > 1:
+        return None
+    return start + _usable(budget, 0.0, val_seconds, final_tta, ctx)
+
+
+def _usable(budget: float, epoch_seconds: float, val_seconds: float, final_tta: bool, ctx: Context) -> float:
+    """Seconds of the budget for training steps. Kept free: one epoch's validation, the final validation
+    (8 mirrored passes with ``final_tta``) with 20 % margin, and 20 s for writing the model folder; before
+    any validation was timed, 15 % of the budget. Under torchrun epochs cannot stop midway, so the last
+    epoch's length stays free too (an epoch only starts when it can finish)."""
+    validations = (1 + (8 if final_tta else 1)) * val_seconds * 1.2 if val_seconds else 0.15 * budget
+    return budget - validations - 20.0 - (epoch_seconds if ctx.world > 1 else 0.0)
 
 
 def _lr(tc, progress: float) -> float:
