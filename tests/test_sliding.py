@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.model.sliding import predict_probabilities
+from medseg.model.sliding import predict_probabilities, window_count
 
 
 @pytest.mark.parametrize("overlap", [0.5, 0.25])
@@ -20,3 +20,61 @@ def test_slabs_match_single_pass(overlap, mirror):
         slabs = predict_probabilities(net, image, [16, 16, 16], torch.device("cpu"), overlap=overlap, mirror=mirror,
                                       max_slab_voxels=slab_voxels)
         assert np.abs(whole.astype(np.float32) - slabs.astype(np.float32)).max() <= 1e-3
+
+
+def _tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1))
+
+
+@pytest.mark.parametrize("shape", [(30, 40, 90), (16, 10, 33), (17, 16, 16)])
+@pytest.mark.parametrize("overlap", [0.5, 0.25, 0.0])
+def test_window_count_is_monais(shape, overlap):
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+    patch = (16, 16, 16)
+    padded = tuple(max(n, p) for n, p in zip(shape, patch, strict=True))
+    interval = _get_scan_interval(padded, patch, 3, (overlap,) * 3)
+    assert window_count(shape, patch, overlap) == len(dense_patch_slices(padded, patch, interval))
+
+
+@pytest.mark.slow
+def test_compiled_network_matches_eager_and_is_cached(tmp_path, monkeypatch):
+    """A compiled package gives the eager probabilities, is kept on disk and loaded (not recompiled) later."""
+    from medseg.model import compiled
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_loaded", {})  # nothing loaded by another test
+    image = np.random.default_rng(0).normal(size=(1, 24, 20, 40)).astype(np.float32)
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("MEDSEG_COMPILE", "0")
+    eager = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
+    monkeypatch.setenv("MEDSEG_COMPILE", "1")
+    monkeypatch.setattr(compiled, "MIN_COMPILE_WINDOWS", 0)
+    first = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
+    assert len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
+    assert np.abs(first.astype(np.float32) - eager.astype(np.float32)).max() <= 2e-3
+    compiled._loaded.clear()
+    monkeypatch.setattr(compiled, "_run_compiler", lambda *a: pytest.fail("recompiled a cached network"))
+    again = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu, mirror=True)
+    mirrored = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu, mirror=True,
+                                     max_slab_voxels=24 * 20 * 20)
+    assert np.abs(again.astype(np.float32) - mirrored.astype(np.float32)).max() <= 1e-3
+
+
+def test_failed_compilation_predicts_eagerly_and_is_not_retried(tmp_path, monkeypatch):
+    from medseg.model import compiled
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_loaded", {})
+    monkeypatch.setattr(compiled, "MIN_COMPILE_WINDOWS", 0)
+    calls = []
+    monkeypatch.setattr(compiled, "_run_compiler", lambda *a: calls.append(a) or "compilation took over 1 s")
+    image = np.random.default_rng(0).normal(size=(1, 24, 20, 40)).astype(np.float32)
+    cpu = torch.device("cpu")
+    tried = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
+    again = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
+    monkeypatch.setenv("MEDSEG_COMPILE", "0")
+    eager = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
+    assert len(calls) == 1 and list((tmp_path / "compiled").glob("*.failed"))
+    assert np.array_equal(tried, eager) and np.array_equal(again, eager)
