@@ -1,0 +1,189 @@
+"""GPU check (issue 12): one short script for a CUDA machine, under 8 minutes on an H100. Not part of CI.
+
+1. Matmul peak: the device's measured dense matmul rate in the training precision (and fp32), the yardstick.
+2. Training: 300 of medseg's training steps (:func:`medseg.train.loop.train_steps`, its real batch stream) on the
+   real MSD Hippocampus data (``$MEDSEG_DATA/hippocampus``, default ``../shared/data/hippocampus``), default config
+   (DynUNet 32-320, deep supervision), ``precision: auto`` (bf16 or fp16, measured); steps/s and GFLOP/s, where a
+   step counts 3x the forward convolution FLOPs of its batch (forward + backward).
+3. Agreement: the trained network segments real held-out cases on CUDA (auto precision) and on the CPU (fp32);
+   Dice of each label between the two label maps, pooled over the cases. Bar 0.998.
+4. Large volume: ``medseg infer --device cuda`` in a child process on a synthetic 512 x 512 x 600 CT predicted at
+   full resolution by a small CT model; peak host RAM (ru_maxrss, bar 8 GB) and peak GPU memory reserved by torch
+   (bar :data:`GPU_BAR_GB`).
+
+    python benchmarks/gpu_check.py            # exit 1 when a bar is missed, 2 when torch sees no CUDA device
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _machine import data_dir
+from infer_speed import conv_flops
+from train_speed import medseg_loop, prepare
+
+STEPS = 300
+AGREEMENT_BAR = 0.998
+RAM_BAR_GB = 8.0
+GPU_BAR_GB = 4.0  # slabs bound MONAI's buffers to ~2^25 voxels per class: well under this on any scan size
+TIME_BAR_S = 480.0
+CT_SHAPE = (512, 512, 600)
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, seconds: float = 2.0) -> float:
+    """Measured dense ``n x n`` matmul rate (TFLOP/s) in ``dtype`` on ``device``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    torch.cuda.synchronize(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            torch.matmul(a, b)
+        torch.cuda.synchronize(device)
+        count += 10
+    return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e12
+
+
+def agreement(net, plan, config, device, dtype, cases) -> dict[str, float]:
+    """Per label: Dice between CUDA (``dtype``) and CPU fp32 label maps of ``cases``, pooled over the cases."""
+    import copy
+
+    from medseg.model.inference import InferenceSettings, predict_volume
+    from medseg.preprocess.io import load_case
+
+    settings = InferenceSettings(overlap=config.infer.overlap, sw_batch_size=config.infer.sw_batch_size)
+    cpu_net = copy.deepcopy(net).cpu().eval()
+    inter, total = {}, {}
+    for case in cases:
+        volume, _ = load_case(case)
+        gpu = predict_volume([net.eval()], volume, plan, settings, device, dtype).label.array
+        cpu = predict_volume([cpu_net], volume, plan, settings, torch.device("cpu"), None).label.array
+        for value, name in plan.labels.items():
+            if value:
+                a, b = gpu == value, cpu == value
+                inter[name] = inter.get(name, 0) + int((a & b).sum())
+                total[name] = total.get(name, 0) + int(a.sum() + b.sum())
+    return {name: 2.0 * inter[name] / max(total[name], 1) for name in inter}
+
+
+def write_ct_model_and_scan(tmp: Path) -> tuple[Path, Path]:
+    """A small 3-class CT model trained briefly on CUDA (planned at the scan's spacing, so the scan is predicted at
+    full resolution) and a synthetic 512 x 512 x 600 CT (int16 HU, 0.8 x 0.8 x 1 mm, uncompressed NIfTI)."""
+    from medseg.config import load_config
+    from medseg.data.phantom import write_phantom_dataset
+    from medseg.io import write_volume
+    from medseg.train import train
+    from medseg.types import Volume
+
+    data = write_phantom_dataset(tmp / "ct_data", cases=3, shape=(64, 64, 48), spacing=(0.8, 0.8, 1.0),
+                                 rotation_deg=(0, 0, 0), modality="CT")
+    config = load_config(None, ["train.epochs=1", "train.iterations_per_epoch=2", "train.num_workers=0",
+                                "model.base_filters=8", "model.max_filters=64", "train.patch_size=[96, 96, 64]",
+                                "train.batch_size=2", "train.final_tta=false", "infer.overlap=0.25",
+                                "infer.sw_batch_size=4"])
+    train(data, tmp / "ct_model", config, device="cuda", echo=lambda _: None)
+    x, y = np.ogrid[:CT_SHAPE[0], :CT_SHAPE[1]]
+    body = ((x - 256) ** 2 / 230**2 + (y - 256) ** 2 / 170**2) < 1
+    rng = np.random.default_rng(0)
+    image = np.empty(CT_SHAPE, np.int16)
+    for k in range(CT_SHAPE[2]):
+        image[:, :, k] = np.where(body, 40, -1000) + rng.normal(0, 15, CT_SHAPE[:2])
+    write_volume(Volume(image, np.diag([0.8, 0.8, 1.0, 1.0])), tmp / "ct_in" / "ct.nii")
+    return tmp / "ct_model", tmp / "ct_in"
+
+
+def infer_child(model: str, inputs: str, out: str) -> None:
+    """Run inside the child process: ``medseg infer`` on CUDA, then print seconds and peak memory as JSON."""
+    from medseg.infer.batch import InferOptions, run_batch
+
+    t0 = time.perf_counter()
+    summary = run_batch(model, inputs, out, InferOptions(dicom_seg=False), device="cuda", echo=lambda _: None)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "counts": summary["counts"],
+                      "gpu_peak_gb": torch.cuda.max_memory_reserved() / 2**30,
+                      "ram_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def large_volume(tmp: Path) -> dict:
+    """``medseg infer --device cuda`` on the 512 x 512 x 600 CT in a child process: its seconds and peaks."""
+    model, inputs = write_ct_model_and_scan(tmp)
+    proc = subprocess.run([sys.executable, __file__, "--infer-child", str(model), str(inputs), str(tmp / "ct_out")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"medseg infer on the large CT failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--cases", type=int, default=60, help="training cases to preprocess and sample from")
+    parser.add_argument("--infer-child", nargs=3, metavar=("MODEL", "INPUT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check: torch sees no CUDA device; this check is for a GPU machine (it is not part of CI)")
+        return 2
+    if args.infer_child:
+        infer_child(*args.infer_child)
+        return 0
+    start = time.perf_counter()
+    from medseg.config import load_config
+    from medseg.data import load_dataset
+    from medseg.model import build_network, network_key
+    from medseg.model.device import autocast_dtype, choose_precision
+    from medseg.train.splits import split_cases
+
+    device = torch.device("cuda")
+    config = load_config(None, [f"train.num_workers={max(1, min(8, (os.cpu_count() or 2) - 2))}"])
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        plan, data = prepare(config, args.cases, tmp)
+        choice = choose_precision("auto", device, lambda: build_network(plan, config.model.__dict__),
+                                  (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
+        dtype = autocast_dtype(choice.precision) or torch.float32
+        peak = {"fp32": matmul_tflops(device, torch.float32), choice.precision: matmul_tflops(device, dtype)}
+        net, run = medseg_loop(config, plan, data, device, None if dtype == torch.float32 else dtype)
+        heads = net.deep_supr_num if getattr(net, "deep_supervision", False) else 0
+        run(5)  # warm-up: DataLoader workers, cuDNN algorithm choice
+        step_s = run(args.steps) / args.steps
+        train_tflops = 3.0 * conv_flops(net.cpu(), plan.patch_size) * plan.batch_size / step_s / 1e12
+        net.to(device)
+        dataset = load_dataset(data_dir("hippocampus"))
+        val_ids = set(split_cases(dataset, config.train.folds, config.train.seed, tmp / "splits.json")[0]["val"])
+        cases = [c for c in dataset.cases if c.id in val_ids][:5]
+        dice = agreement(net, plan, config, device, None if dtype == torch.float32 else dtype, cases)
+        big = large_volume(tmp)
+    seconds = time.perf_counter() - start
+    print(f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}, precision auto -> {choice.precision}"
+          f" ({choice.reason})")
+    print("matmul peak " + ", ".join(f"{p} {t:.0f} TFLOP/s" for p, t in peak.items()))
+    print(f"training: hippocampus, patch {plan.patch_size}, batch {plan.batch_size}, DynUNet "
+          f"{plan.filters[0]}-{plan.filters[-1]}, deep supervision heads {heads}, {args.steps} steps: "
+          f"{1 / step_s:.2f} steps/s, {train_tflops * 1e3:.0f} GFLOP/s = "
+          f"{100 * train_tflops / peak[choice.precision]:.1f} % of the {choice.precision} matmul peak")
+    labels = ", ".join(f"{name} {d:.4f}" for name, d in dice.items())
+    print(f"CUDA ({choice.precision}) vs CPU (fp32) labels on {len(cases)} real held-out cases: Dice {labels} "
+          f"(bar {AGREEMENT_BAR})")
+    print(f"512x512x600 CT at full resolution: {big['seconds']:.0f} s, host RAM peak {big['ram_peak_gb']:.2f} GB "
+          f"(bar {RAM_BAR_GB}), GPU memory peak {big['gpu_peak_gb']:.2f} GB (bar {GPU_BAR_GB}), {big['counts']}")
+    print(f"total {seconds:.0f} s (bar {TIME_BAR_S:.0f} s)")
+    failures = [what for what, bad in [
+        ("agreement", min(dice.values()) < AGREEMENT_BAR), ("host RAM", big["ram_peak_gb"] > RAM_BAR_GB),
+        ("GPU memory", big["gpu_peak_gb"] > GPU_BAR_GB), ("time", seconds > TIME_BAR_S),
+        ("large CT not done", big["counts"].get("done") != 1)] if bad]
+    print("PASS" if not failures else "FAIL: " + ", ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
