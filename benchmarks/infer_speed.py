@@ -1,6 +1,7 @@
 """Inference speed: medseg's whole path vs MONAI's network-only sliding window in fp32.
 
-Same network (a DynUNet planned for MSD Hippocampus: widths 32-256 unless --model gives a trained model folder),
+Same network (DynUNet 32-256 planned and briefly trained on phantoms of hippocampus-crop size, 40x56x40, unless
+--model gives a trained model folder),
 same volume (a synthetic MR-like 160 x 192 x 160 volume at 1 mm), same windows (patch from the plan, overlap 0.5).
 
     python benchmarks/infer_speed.py [--model runs/hippocampus] [--repeats 2]
