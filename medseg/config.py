@@ -7,6 +7,7 @@ is saved beside each trained model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     folds: int = 5
+    split_group: str | None = None  # regex naming a case's subject: one subject's cases share a fold
     val_tta: bool = False
     final_tta: bool = True  # final validation with mirroring, on original grids
     threads: int | None = None  # torch CPU threads; null: all cores
@@ -205,6 +207,11 @@ def _check_values(config: RunConfig, where: str) -> None:
             bounds = f">= {low}" if high is None else f"between {low} and {high}"
             raise MedsegError(f"{where}: '{section}.{key}' is {value}; it must be {bounds}")
     parse_duration(config.train.time_budget)
+    if config.train.split_group is not None:
+        try:
+            re.compile(str(config.train.split_group))
+        except re.error as exc:
+            raise MedsegError(f"{where}: 'train.split_group' is not a regular expression ({exc})") from None
 
 
 def _coerce(value: Any, default: Any, name: str, where: str) -> Any:

@@ -3,6 +3,7 @@ train/val/test splits are honoured; contradictions are dataset problems."""
 
 import json
 import shutil
+from collections import Counter
 
 import pytest
 import yaml
@@ -141,3 +142,26 @@ def test_training_never_loads_a_test_case(phantoms, tmp_path):
     assert sorted(splits[0]["train"] + splits[0]["val"]) == ["p0", "p1", "p2", "p4", "p5"]
     assert sorted(json.loads((out / "validation.json").read_text())["cases"]) == splits[0]["val"]
     assert "p3" not in json.loads((out / "fingerprint.json").read_text())["cases"]
+
+
+def test_split_group_keeps_each_lidc_patient_in_one_fold(data_path):
+    """Real LIDC ids (patient id + ``_R_`` + nodule): seeded folds without grouping put nodules of one patient
+    on both sides; with ``train.split_group`` every patient (read from the id independently) sits in one fold."""
+    config = load_config(None, ["train.split_group=^(LIDC-IDRI-\\d+)"])
+    dataset = load_dataset(data_path("lidc_nodules"))
+    ids = [c.id for c in dataset.trainable]
+    patient = {i: i.split("_R_")[0] for i in ids}
+
+    def straddling(splits):
+        return {patient[i] for s in splits for i in s["val"]} & {patient[i] for s in splits[:1] for i in s["train"]}
+
+    assert straddling(split_cases(dataset, folds=5, seed=0))  # the leak grouping prevents
+    grouped = split_cases(dataset, folds=5, seed=0, group=config.train.split_group)
+    for fold in grouped:
+        val_patients = {patient[i] for i in fold["val"]}
+        assert not val_patients & {patient[i] for i in fold["train"]}
+        assert sorted(fold["train"] + fold["val"]) == sorted(ids)
+    sizes = [len(f["val"]) for f in grouped]
+    assert sum(sizes) == len(ids) and max(sizes) - min(sizes) <= max(Counter(patient.values()).values())
+    with pytest.raises(MedsegError, match="split_group"):
+        load_config(None, ["train.split_group=(unclosed"])

@@ -81,7 +81,7 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
     if ctx.broadcast(str(failure) if failure else None):  # every rank stops together on a refused dataset
         raise failure if failure else MedsegError("rank 0 refused the dataset (see its message)")
     plan, _ = load_or_plan(dataset, config, out, echo)
-    splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json")
+    splits = split_cases(dataset, tc.folds, tc.seed, out / "splits.json", tc.split_group)
     train_ids, val_ids = splits[fold]["train"], splits[fold]["val"]
     train_data = prepare_cases(dataset, train_ids, plan, out / "cache", echo)
     val_set = load_validation(dataset, val_ids)
@@ -99,7 +99,8 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
 def _prepare(dataset, config, out: Path, fold: int, echo) -> None:
     plan, _ = load_or_plan(dataset, config, out, echo)
     save_config(config, out / "config.yaml")
-    splits = split_cases(dataset, config.train.folds, config.train.seed, out / "splits.json")
+    splits = split_cases(dataset, config.train.folds, config.train.seed, out / "splits.json",
+                         config.train.split_group)
     if not 0 <= fold < len(splits):
         raise MedsegError(f"--fold {fold} out of range (0..{len(splits) - 1})")
     prepare_cases(dataset, splits[fold]["train"], plan, out / "cache", echo)

@@ -8,7 +8,10 @@ Which labelled cases train and validate, in order of precedence:
    (``split: train`` says the same as no split). ``--fold`` can then only be 0.
 4. A ``fold`` on every labelled case (manifest or MSD ``dataset.json`` entry): fold ``n`` validates on
    the cases with ``fold: n`` and trains on the others.
-5. Otherwise ``folds`` seeded folds over the cases, dealt round-robin after a seeded shuffle.
+5. Otherwise ``folds`` seeded folds over the cases, dealt round-robin after a seeded shuffle. With
+   ``train.split_group`` (a regular expression; its first group, or the whole match, names the subject)
+   cases of one subject stay in one fold, so several lesions or scans of a patient never sit on both
+   sides of a split (LIDC: ``^(LIDC-IDRI-\\d+)``); a case id it does not match is its own subject.
 
 Mixing these (folds and ``split: val``, or either with a ``splits_final.json``) is a dataset problem
 (:func:`medseg.data.check_dataset` reports it and training refuses the dataset). Whatever the source,
@@ -19,6 +22,7 @@ reused from an earlier run.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +34,12 @@ from medseg.io.atomic import write_text_atomic
 Splits = list[dict[str, list[str]]]
 
 
-def split_cases(dataset: Dataset, folds: int, seed: int, path: Path | None = None) -> Splits:
+def split_cases(dataset: Dataset, folds: int, seed: int, path: Path | None = None,
+                group: str | None = None) -> Splits:
     """Train/val splits of the dataset's labelled non-test case ids (see the module docstring).
 
     An existing ``path`` is reused as is (so a resumed run keeps its split); a new split is saved there.
+    ``group`` is ``train.split_group`` (module docstring); it applies to seeded folds only.
 
     Raises:
         MedsegError: when a split names a test case or a case that is not a labelled case.
@@ -43,7 +49,7 @@ def split_cases(dataset: Dataset, folds: int, seed: int, path: Path | None = Non
         splits = json.loads(path.read_text())
         _require_trainable(splits, allowed, path)
         return splits
-    splits = _declared_splits(dataset) or _seeded_splits(sorted(allowed), folds, seed)
+    splits = _declared_splits(dataset) or _seeded_splits(sorted(allowed), folds, seed, group)
     _require_trainable(splits, allowed, path)
     if path is not None:
         write_text_atomic(path, json.dumps(splits, indent=1))
@@ -64,9 +70,28 @@ def _declared_splits(dataset: Dataset) -> Splits | None:
     return None
 
 
-def _seeded_splits(ids: list[str], folds: int, seed: int) -> Splits:
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return _from_assignment({ids[i]: rank % folds for rank, i in enumerate(order)}, folds)
+def _seeded_splits(ids: list[str], folds: int, seed: int, group: str | None = None) -> Splits:
+    if group is None:
+        order = np.random.default_rng(seed).permutation(len(ids))
+        return _from_assignment({ids[i]: rank % folds for rank, i in enumerate(order)}, folds)
+    subjects: dict[str, list[str]] = {}
+    for case_id in ids:
+        subjects.setdefault(subject(case_id, group), []).append(case_id)
+    names = sorted(subjects)
+    sizes, assign = [0] * folds, {}
+    for i in np.random.default_rng(seed).permutation(len(names)):  # each subject to the smallest fold so far
+        fold = int(np.argmin(sizes))
+        sizes[fold] += len(subjects[names[i]])
+        assign.update(dict.fromkeys(subjects[names[i]], fold))
+    return _from_assignment(assign, folds)
+
+
+def subject(case_id: str, group: str) -> str:
+    """The subject a case belongs to under the ``train.split_group`` pattern (the id itself when unmatched)."""
+    match = re.search(group, case_id)
+    if match is None:
+        return case_id
+    return match.group(1) if match.re.groups else match.group(0)
 
 
 def _from_assignment(assign: dict[str, int], folds: int) -> Splits:
