@@ -2,8 +2,11 @@
 
 Partial annotations: when the ground truth is a dataset whose cases say which labels were contoured
 (``Case.annotated``, e.g. OpenKBP's ``annotated_labels.json``), a label is scored only in the cases that
-contoured it. The rows of uncontoured labels are omitted (from ``metrics.csv`` and so from every mean;
-``summary.json`` counts them under ``uncontoured_omitted``), as training's validation does.
+contoured it. The rows of uncontoured labels are omitted (from ``metrics.csv``, ``lesions.csv`` and so from
+every mean; ``summary.json`` counts them under ``uncontoured_omitted``), as training's validation does.
+
+Lesions (definitions in :mod:`medseg.metrics.lesions`): ``lesions.csv`` has one row per truth lesion (connected
+component) of each scored case and label; ``summary.json`` pools them per label under ``lesions``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ from medseg.io.atomic import write_csv_atomic, write_text_atomic
 from medseg.io.geometry import grid_mismatch
 from medseg.io.paths import image_stem, image_suffix
 from medseg.io.volume_io import read_volume
-from medseg.metrics.lesions import lesion_detection
+from medseg.metrics.lesions import (
+    LESION_COLUMNS,
+    SMALL_LESION_MM3,
+    detection_rates,
+    lesion_markdown,
+    lesion_rows,
+    match_lesions,
+    summarize_lesions,
+)
 from medseg.metrics.overlap import dice, iou, volume_mm3
 from medseg.metrics.surface import surface_metrics
 from medseg.types import Volume
@@ -32,7 +43,18 @@ METRICS = ["dice", "iou", "hd95", "assd", "nsd", "volume_pred_mm3", "volume_gt_m
 def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm: float = 1.0,
                   case_id: str = "", annotated: tuple[int, ...] | None = None) -> list[dict]:
     """One row per foreground label with every metric; with ``annotated`` (the label values contoured in
-    this case), per contoured foreground label only.
+    this case), per contoured foreground label only. :func:`score_case` also gives the per-lesion rows.
+
+    Raises:
+        MedsegError: when the grids differ (a silently wrong number is worse than none).
+    """
+    return score_case(pred, truth, labels, tolerance_mm, case_id, annotated)[0]
+
+
+def score_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm: float = 1.0,
+               case_id: str = "", annotated: tuple[int, ...] | None = None) -> tuple[list[dict], list[dict]]:
+    """``(rows, lesions)``: the rows of :func:`evaluate_case` and one row per truth lesion of the same scored
+    labels (:func:`medseg.metrics.lesions.lesion_rows`; volumes in mm^3 from the truth's spacing).
 
     Raises:
         MedsegError: when the grids differ (a silently wrong number is worse than none).
@@ -40,20 +62,23 @@ def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance
     if mismatch := grid_mismatch(pred.spatial_shape, pred.affine, truth.spatial_shape, truth.affine):
         raise MedsegError(f"prediction and ground truth grids differ: {'; '.join(mismatch)}",
                           pred.meta.get("source"))
-    rows = []
+    rows: list[dict] = []
+    lesions: list[dict] = []
     for value, name in sorted(labels.items()):
         if value == 0 or (annotated is not None and value not in annotated):
             continue
         p, t = pred.array == value, truth.array == value
         surface = surface_metrics(p, t, truth.spacing, tolerance_mm)
-        lesions = lesion_detection(p, t)
+        match = match_lesions(p, t)
+        found = detection_rates(match)
+        lesions += lesion_rows(match, truth.spacing, case_id, name)
         vp, vt = volume_mm3(p, truth.spacing), volume_mm3(t, truth.spacing)
         rows.append({"case": case_id, "label": name, "dice": dice(p, t), "iou": iou(p, t), **surface,
                      "volume_pred_mm3": vp, "volume_gt_mm3": vt, "volume_diff_mm3": vp - vt,
-                     "lesion_sensitivity": lesions["sensitivity"], "lesion_precision": lesions["precision"],
-                     "lesion_f1": lesions["f1"], "lesions_gt": lesions["lesions"],
-                     "lesions_detected": lesions["detected"], "lesions_false_positive": lesions["false_positives"]})
-    return rows
+                     "lesion_sensitivity": found["sensitivity"], "lesion_precision": found["precision"],
+                     "lesion_f1": found["f1"], "lesions_gt": found["lesions"],
+                     "lesions_detected": found["detected"], "lesions_false_positive": found["false_positives"]})
+    return rows, lesions
 
 
 def pair_cases(pred_dir: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], list[str], dict[int, str] | None,
@@ -99,15 +124,17 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
                     echo: Callable[[str], None] = print) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (folder of label files or a dataset).
 
-    Writes ``metrics.csv`` (case x label), ``summary.json`` (mean, median, std per label and metric),
+    Writes ``metrics.csv`` (case x label), ``lesions.csv`` (one row per truth lesion), ``summary.json`` (mean,
+    median, std per label and metric under ``summary``; pooled lesion figures per label under ``lesions``) and
     ``summary.md``. Cases whose grids differ are errors, listed and counted, never scored. Labels a case did
-    not contour (module docstring) get no row.
+    not contour (module docstring) get no row. Returns what ``summary.json`` holds, with ``rows`` (the case x
+    label rows) and ``lesion_rows`` added.
     """
     pairs, missing, names, annotated = pair_cases(Path(pred_dir), Path(gt))
     names = names or _names_from_results(Path(pred_dir))
     if not pairs:
         raise MedsegError("no prediction matches a ground-truth case id", pred_dir)
-    rows, errors = [], [f"{i}: no prediction" for i in missing]
+    rows, lesions, errors = [], [], [f"{i}: no prediction" for i in missing]
     omitted: Counter[str] = Counter()  # label name -> cases that did not contour it
     for case_id, pred_path, truth_path in pairs:
         try:
@@ -116,23 +143,41 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
             names_here = labels or names or {int(v): f"label_{int(v)}" for v in
                                              np.union1d(np.unique(truth.array), np.unique(pred.array)) if v != 0}
             contoured = annotated.get(case_id)
-            rows += evaluate_case(pred, truth, names_here, tolerance_mm, case_id, contoured)
+            case_rows, case_lesions = score_case(pred, truth, names_here, tolerance_mm, case_id, contoured)
         except MedsegError as exc:
             errors.append(f"{case_id}: {exc}")
             continue
+        rows += case_rows
+        lesions += case_lesions
         if contoured is not None:
             omitted.update(name for value, name in names_here.items() if value != 0 and value not in contoured)
     for line in errors:
         echo(f"error: {line}")
-    summary = summarize(rows)
-    out = Path(out_dir)
+    result = {"summary": summarize(rows), "lesions": summarize_lesions(lesions, _false_positives(rows)),
+              "small_lesion_mm3": SMALL_LESION_MM3, "errors": errors, "cases": len(pairs),
+              "uncontoured_omitted": dict(omitted), "tolerance_mm": tolerance_mm}
+    _write_outputs(Path(out_dir), result, rows, lesions)
+    return {**result, "rows": rows, "lesion_rows": lesions}
+
+
+def _false_positives(rows: list[dict]) -> dict[str, list[int]]:
+    """Label -> false-positive lesion components of each case row of that label."""
+    out: dict[str, list[int]] = {}
+    for row in rows:
+        out.setdefault(row["label"], []).append(int(row["lesions_false_positive"]))
+    return out
+
+
+def _write_outputs(out: Path, result: dict, rows: list[dict], lesions: list[dict]) -> None:
+    """``metrics.csv``, ``lesions.csv`` (a header alone when there is no lesion), ``summary.json``, ``summary.md``."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(out / "metrics.csv", rows)
-    write_text_atomic(out / "summary.json", json.dumps({"summary": summary, "errors": errors, "cases": len(pairs),
-                                                        "uncontoured_omitted": dict(omitted),
-                                                        "tolerance_mm": tolerance_mm}, indent=1))
-    write_text_atomic(out / "summary.md", markdown_table(summary))
-    return {"summary": summary, "errors": errors, "rows": rows, "uncontoured_omitted": dict(omitted)}
+    if lesions:
+        write_csv_atomic(out / "lesions.csv", lesions)
+    else:
+        write_text_atomic(out / "lesions.csv", ",".join(LESION_COLUMNS) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "summary.md", markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"]))
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
