@@ -106,16 +106,28 @@ def plan(
     dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or a medseg manifest."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see configs/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
+    time_budget: str | None = typer.Option(None, "--time-budget", help="e.g. 30m: measure candidate plans on "
+                                           "this machine and pick one that fits train.min_steps steps in it "
+                                           "(default: the config's train.time_budget)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
 ):
-    """Fingerprint a dataset and print the training plan (spacing, patch, network, normalisation)."""
+    """Fingerprint a dataset and print the training plan (spacing, patch, network, normalisation) as JSON;
+    with a time budget, the candidates measured and why the plan was chosen go to stderr first."""
 
-    from medseg.config import load_config
+    from medseg.config import load_config, parse_duration
     from medseg.data import load_dataset
-    from medseg.preprocess import fingerprint, make_plan
+    from medseg.model.device import resolve_device
+    from medseg.preprocess import fingerprint
+    from medseg.train.budget import plan_for_budget
 
     data = load_dataset(dataset)
-    plan_ = make_plan(fingerprint(data.without_test()), data.channels, data.labels, load_config(config, set_))
-    typer.echo(plan_.to_json())
+    cfg = load_config(config, set_ + ([f"train.time_budget={time_budget}"] if time_budget else []))
+    choice = plan_for_budget(fingerprint(data.without_test()), data.channels, data.labels, cfg,
+                             resolve_device(device), parse_duration(cfg.train.time_budget))
+    for candidate in choice.candidates:
+        typer.echo(f"  {candidate.line()}", err=True)
+    typer.echo(f"plan: {choice.reason}", err=True)
+    typer.echo(choice.plan.to_json())
 
 
 @app.command()

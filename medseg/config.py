@@ -52,6 +52,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 100
     time_budget: str | None = None  # e.g. "30m", "2h": scales the schedule to wall-clock time
+    min_steps: int = 1500  # with a time budget on a CPU: the plan is chosen to fit this many steps
     iterations_per_epoch: int = 100
     batch_size: int | None = None  # null: from the plan
     patch_size: list[int] | None = None  # null: from the plan
@@ -187,7 +188,8 @@ CHOICES = {
 RANGES = {
     ("preprocess", "anisotropy_threshold"): (1.0, None), ("model", "base_filters"): (1, None),
     ("model", "max_filters"): (1, None), ("model", "deep_supervision_levels"): (0, None),
-    ("train", "epochs"): (1, None), ("train", "iterations_per_epoch"): (1, None), ("train", "lr"): (0.0, None),
+    ("train", "epochs"): (1, None), ("train", "iterations_per_epoch"): (1, None),
+    ("train", "min_steps"): (1, None), ("train", "lr"): (0.0, None),
     ("train", "weight_decay"): (0.0, None), ("train", "foreground_fraction"): (0.0, 1.0),
     ("train", "dice_weight"): (0.0, None), ("train", "ce_weight"): (0.0, None), ("train", "num_workers"): (0, None),
     ("train", "folds"): (1, None), ("train", "memory_budget_mb"): (1, None),

@@ -157,7 +157,7 @@ def measure(device: torch.device, make_net: Callable[[], torch.nn.Module], input
     seconds, errors, reference = {}, {}, None
     for precision in ["fp32", *candidates(device)]:
         dtype = autocast_dtype(precision)
-        seconds[precision] = _time_steps(net, x, device, dtype, budget_s)
+        seconds[precision] = time_steps(net, x, device, dtype, budget_s)
         with torch.no_grad(), autocast(device, dtype):
             net.eval()
             out = _first(net(x)).float()
@@ -170,10 +170,14 @@ def measure(device: torch.device, make_net: Callable[[], torch.nn.Module], input
     return decide(seconds, errors)
 
 
-def _time_steps(net, x, device, dtype, budget_s: float) -> float:
-    """Median seconds of a forward/backward step, after one untimed warm-up step (allocations, kernel
-    choice); at least two timed steps, more while the budget lasts."""
+def time_steps(net, x, device, dtype, budget_s: float, give_up_s: float | None = None) -> float:
+    """Median seconds of a forward/backward step of ``net`` on ``x``, after one untimed warm-up step
+    (allocations, kernel choice); at least two timed steps, more while ``budget_s`` lasts. When the warm-up
+    step alone takes over ``give_up_s``, its time is returned at once (an over-estimate: too slow anyway)."""
+    t0 = time.perf_counter()
     _step(net, x, device, dtype)
+    if give_up_s is not None and time.perf_counter() - t0 > give_up_s:
+        return time.perf_counter() - t0
     times: list[float] = []
     while len(times) < 2 or (sum(times) < budget_s and len(times) < 50):
         t0 = time.perf_counter()

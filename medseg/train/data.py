@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from medseg.config import RunConfig
@@ -24,6 +25,7 @@ from medseg.data.dataset import Case, Dataset
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_bytes_atomic, write_text_atomic
 from medseg.preprocess.plan import Plan
+from medseg.train.budget import plan_for_budget
 
 
 def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
@@ -41,15 +43,25 @@ def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
                           dataset.root)
 
 
-def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo) -> tuple[Plan, dict]:
-    """Plan and fingerprint of the run folder, computed (without test cases) and saved on the first call."""
-    from medseg.preprocess import fingerprint, make_plan
+def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo, device: torch.device | None = None,
+                 seconds_left: float | None = None) -> tuple[Plan, dict]:
+    """Plan and fingerprint of the run folder, computed (without test cases) and saved on the first call.
+
+    With ``seconds_left`` (what remains of ``train.time_budget``) on a CPU the plan is chosen to fit the
+    budget (:mod:`medseg.train.budget`); the candidates and the reason are echoed.
+    """
+    from medseg.preprocess import fingerprint
 
     plan_path, fp_path = out / "plan.json", out / "fingerprint.json"
     if plan_path.exists() and fp_path.exists():
         return Plan.read(plan_path), json.loads(fp_path.read_text())
     fp = fingerprint(dataset.without_test())
-    plan = make_plan(fp, dataset.channels, dataset.labels, config)
+    choice = plan_for_budget(fp, dataset.channels, dataset.labels, config, device or torch.device("cpu"),
+                             seconds_left)
+    for candidate in choice.candidates:
+        echo(f"  candidate: {candidate.line()}")
+    echo(f"plan chosen: {choice.reason}")
+    plan = choice.plan
     write_text_atomic(fp_path, json.dumps(fp, indent=1))
     plan.write(plan_path)
     echo(f"plan: spacing {plan.target_spacing} mm, patch {plan.patch_size}, batch {plan.batch_size}, "

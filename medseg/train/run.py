@@ -75,7 +75,9 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
             make_output_dir(out)
             remove_stale_temporaries(out)  # left by a run that was killed mid-write
             refuse_bad_dataset(dataset, echo)
-            _prepare(dataset, config, out, fold, echo)
+            budget = parse_duration(tc.time_budget)
+            _prepare(dataset, config, out, fold, echo, dev, None if budget is None else budget - (
+                time.perf_counter() - start))
         except MedsegError as exc:
             failure = exc
     if ctx.broadcast(str(failure) if failure else None):  # every rank stops together on a refused dataset
@@ -96,8 +98,8 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
     return _finish(out, plan, state, start, echo, final) if ctx.main else {"rank": ctx.rank, **state}
 
 
-def _prepare(dataset, config, out: Path, fold: int, echo) -> None:
-    plan, _ = load_or_plan(dataset, config, out, echo)
+def _prepare(dataset, config, out: Path, fold: int, echo, dev, seconds_left: float | None) -> None:
+    plan, _ = load_or_plan(dataset, config, out, echo, dev, seconds_left)
     save_config(config, out / "config.yaml")
     splits = split_cases(dataset, config.train.folds, config.train.seed, out / "splits.json",
                          config.train.split_group)
