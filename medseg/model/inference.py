@@ -59,7 +59,8 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
                    keep_probabilities: bool = False) -> Prediction:
     """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) with one network or an ensemble.
 
-    Probabilities of several networks are averaged before the argmax.
+    Probabilities of several networks are averaged before the argmax. Mirroring (``settings.mirror``) flips
+    only along ``plan.mirror_axes``, the axes the network was trained flipped along.
     """
     labels = dict(plan.labels)
     expected = plan.in_channels
@@ -74,7 +75,8 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
     probs = None
     for net in nets:
         p = predict_probabilities(net, data, plan.patch_size, device, dtype, overlap=settings.overlap,
-                                  sw_batch_size=settings.sw_batch_size, mirror=settings.mirror)
+                                  sw_batch_size=settings.sw_batch_size, mirror=settings.mirror,
+                                  mirror_axes=plan.mirror_axes)
         probs = p if probs is None else probs + p
     probs /= len(nets)
     timings["predict"] = time.perf_counter() - t

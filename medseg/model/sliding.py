@@ -10,7 +10,8 @@ fp32 compiled 84 / 88. Torch threads stay at all cores (bf16 eager, 1 window: 1 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import combinations
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def predict_probabilities(
     sw_batch_size: int = 2,
     mirror: bool = False,
     max_slab_voxels: int = MAX_SLAB_VOXELS,
+    mirror_axes: Sequence[int] = (0, 1, 2),
 ) -> np.ndarray:
     """Softmax probabilities ``(K, x, y, z)`` float16 for a preprocessed ``(C, x, y, z)`` image.
 
@@ -47,16 +49,19 @@ def predict_probabilities(
 
     Args:
         sw_batch_size: Windows per network call on CUDA (on CPU one, measured faster: see the module docstring).
-        mirror: Test-time augmentation: each window's logits are averaged over the 8 axis flips.
+        mirror: Test-time augmentation: each window's logits are averaged over its flips along ``mirror_axes``
+            (see :func:`mirror_flips`).
         max_slab_voxels: Volumes over this many voxels take the rolling pass.
+        mirror_axes: Spatial axes (0-2 of ``x, y, z``) that mirroring flips: the plan's ``mirror_axes``.
     """
     shape = image.shape[1:]
     axis = int(np.argmax(shape))
     net.eval()
-    forwards = window_count(shape, patch_size, overlap) * (8 if mirror else 1)
+    flips = mirror_flips(mirror_axes) if mirror else [()]
+    forwards = window_count(shape, patch_size, overlap) * len(flips)
     batch = window_batch(device, sw_batch_size)
     forward = compiled_forward(net, device, dtype, (batch, image.shape[0], *patch_size), forwards) or net
-    model = _mirrored(forward) if mirror else forward
+    model = _mirrored(forward, flips) if mirror else forward
     if int(np.prod(shape)) <= max_slab_voxels or shape[axis] <= patch_size[axis]:
         return _predict_block(model, image, patch_size, device, dtype, overlap, batch).astype(np.float16)
     return _rolling_pass(model, image, patch_size, axis, device, dtype, overlap, batch)
@@ -132,15 +137,26 @@ def window_count(shape, patch_size, overlap: float) -> int:
     return count
 
 
-def _mirrored(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Average of ``forward``'s logits over the 8 flips of each window (nnU-Net's mirroring)."""
-    flips = [(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+def mirror_flips(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``mirror_axes`` (0-2), the empty one (no flip) first: ``2 ** len(axes)``
+    network forwards per window when mirroring (8 for all axes, 4 for two)."""
+    axes = sorted({int(a) for a in mirror_axes})
+    return [flip for n in range(len(axes) + 1) for flip in combinations(axes, n)]
+
+
+def _mirrored(forward: Callable[[torch.Tensor], torch.Tensor],
+              flips: list[tuple[int, ...]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Average of ``forward``'s logits over ``flips`` (spatial axes, see :func:`mirror_flips`) of each
+    ``(B, C, x, y, z)`` window, each flip undone on its logits (nnU-Net's mirroring)."""
 
     def mirrored(x: torch.Tensor) -> torch.Tensor:
-        total = forward(x).float()
-        for axes in flips:
-            total += torch.flip(forward(torch.flip(x, axes)).float(), axes)
-        return total / (len(flips) + 1)
+        total = None
+        for flip in flips:
+            dims = [a + 2 for a in flip]
+            logits = forward(torch.flip(x, dims) if dims else x).float()
+            logits = torch.flip(logits, dims) if dims else logits
+            total = logits if total is None else total + logits
+        return total / len(flips)
 
     return mirrored
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from medseg.data.dataset import Case, Dataset
@@ -25,8 +26,10 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
     Returns:
         JSON-ready dict: ``spacings`` (mm) and ``shapes`` (voxels, after non-zero crop) per case along
         the canonical axes, ``median_spacing``, ``median_shape``, per-channel foreground ``intensity``
-        statistics (mean, std, percentiles 0.5 and 99.5), ``label_voxels`` (median voxels per class)
-        and ``label_volume_mm3``.
+        statistics (mean, std, percentiles 0.5 and 99.5), ``label_voxels`` (median voxels per class),
+        ``label_volume_mm3`` and ``label_centroids_mm``: per case (in ``cases`` order), foreground label ->
+        centroid ``[x, y, z]`` in mm along the canonical axes from the corner of the cropped image, for the
+        labels present in it (what :func:`medseg.preprocess.plan.mirror_axes` measures left/right pairs on).
     """
     cases = dataset.labelled
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -60,6 +63,7 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
         "label_volume_mm3": {k: {"median": float(np.median(v)), "p05": float(np.percentile(v, 5)),
                                  "p95": float(np.percentile(v, 95))} for k, v in volumes.items()},
         "cases_with_label": {k: int(sum(1 for x in v if x > 0)) for k, v in voxels.items()},
+        "label_centroids_mm": [r["centroids_mm"] for r in rows],
     }
 
 
@@ -79,7 +83,21 @@ def _case_row(case: Case, dataset: Dataset, seed: int) -> dict:
         samples.append(rng.choice(values, take, replace=False) if take < values.size else values)
     counts = dict(zip(*np.unique(lab, return_counts=True), strict=True))
     return {"id": case.id, "spacing": list(image.spacing), "shape": list(img.shape[1:]), "samples": samples,
-            "counts": {int(k): int(v) for k, v in counts.items()}, "voxel_mm3": float(np.prod(image.spacing))}
+            "counts": {int(k): int(v) for k, v in counts.items()}, "voxel_mm3": float(np.prod(image.spacing)),
+            "centroids_mm": label_centroids_mm(lab, image.spacing)}
+
+
+def label_centroids_mm(label: np.ndarray, spacing) -> dict[str, list[float]]:
+    """Centroid of each foreground label present in a ``(X, Y, Z)`` label map.
+
+    Returns:
+        Label value (as a string, JSON-ready) -> ``[x, y, z]`` in mm from the array's corner voxel centre:
+        the mean voxel index along each axis times ``spacing`` (mm per voxel).
+    """
+    values = [int(v) for v in np.unique(label) if v != 0]
+    centres = ndimage.center_of_mass(np.ones(label.shape), label, values) if values else []
+    return {str(v): [round(float(i * s), 3) for i, s in zip(c, spacing, strict=True)]
+            for v, c in zip(values, centres, strict=True)}
 
 
 def training_ranges(spacings, shapes) -> dict:

@@ -7,6 +7,7 @@ saved as ``plan.json`` beside every model and read back with its keys and types 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class Plan:
         separate_z_axis: Axis resampled on its own for anisotropic data, or None.
         orientation: ``"RAS"``: cases are reoriented to closest RAS before anything else. Empty for plans
             written before medseg reoriented (their models saw arrays in stored order).
+        mirror_axes: Canonical axes that training flips patches along and mirroring at inference averages
+            over; the axis that separates left/right label pairs is left out (see :func:`mirror_axes`).
+            ``[0, 1, 2]`` for plans written before medseg measured it.
     """
 
     target_spacing: list[float]
@@ -54,6 +58,7 @@ class Plan:
     crop_nonzero: bool = True
     anisotropy_threshold: float = 3.0
     orientation: str = ""
+    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     @property
     def label_values(self) -> list[int]:
@@ -162,7 +167,50 @@ def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[
         median_shape_resampled=[float(s) for s in median_shape],
         crop_nonzero=pre.crop_nonzero,
         anisotropy_threshold=pre.anisotropy_threshold,
+        mirror_axes=mirror_axes(fingerprint, labels),
     )
+
+
+# Words that mark a label as one side of the body; everything else in its name names the structure.
+_LEFT, _RIGHT = {"left", "l", "lt"}, {"right", "r", "rt"}
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def lateral_pairs(labels: dict[int, str]) -> list[tuple[int, int]]:
+    """``(left, right)`` label values whose names differ only in their side word.
+
+    A name is split into words at non-alphanumerics, lower-to-upper case changes and digits (``LeftParotid``
+    -> left, parotid; ``Kidney_L`` -> kidney, l; ``left lung`` -> left, lung), compared case-insensitively.
+    A label is lateral when exactly one word is ``left``/``l``/``lt`` or ``right``/``r``/``rt``; a left and a
+    right label pair up when their other words are equal. Whole words only: ``Brightness`` or ``cleft`` is no
+    side, and a lone ``Kidney_L`` without a ``Kidney_R`` pairs with nothing.
+    """
+    sides: dict[str, dict[tuple[str, ...], int]] = {"left": {}, "right": {}}
+    for value, name in labels.items():
+        words = [w.lower() for w in _WORDS.findall(name)]
+        marks = [i for i, w in enumerate(words) if w in _LEFT | _RIGHT]
+        if value != 0 and len(marks) == 1:
+            side = "left" if words[marks[0]] in _LEFT else "right"
+            sides[side][tuple(words[:marks[0]] + words[marks[0] + 1:])] = int(value)
+    return [(left, sides["right"][rest]) for rest, left in sides["left"].items() if rest in sides["right"]]
+
+
+def mirror_axes(fingerprint: dict, labels: dict[int, str]) -> list[int]:
+    """Canonical axes that flips may use: all three, less the axis each left/right label pair lies across.
+
+    For each pair of :func:`lateral_pairs`, the axis is where the median over cases holding both labels of the
+    difference of their centroids (fingerprint ``label_centroids_mm``, mm) is largest in magnitude: measured,
+    not assumed to be the R axis, since a stored affine need not encode the patient's orientation (OpenKBP's
+    is a plain diagonal, and its parotids lie across axis 1). A pair no case holds both of, and a fingerprint
+    written before medseg measured centroids, exclude nothing.
+    """
+    excluded = set()
+    cases = fingerprint.get("label_centroids_mm", [])
+    for left, right in lateral_pairs(labels):
+        diffs = [np.subtract(c[str(left)], c[str(right)]) for c in cases if str(left) in c and str(right) in c]
+        if diffs:
+            excluded.add(int(np.argmax(np.abs(np.median(diffs, axis=0)))))
+    return [a for a in range(3) if a not in excluded]
 
 
 def topology(patch, spacing) -> tuple[list, list]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from medseg.config import AugmentConfig
 
 
-def build_augmentation(cfg: AugmentConfig, seed: int = 0):
-    """A MONAI ``Compose`` over ``{"image": (C, ...), "label": (1, ...)}``; labels use nearest only."""
+def build_augmentation(cfg: AugmentConfig, seed: int = 0, mirror_axes: Sequence[int] = (0, 1, 2)):
+    """A MONAI ``Compose`` over ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)}``; labels use nearest only.
+
+    With ``cfg.flip``, each axis of ``mirror_axes`` (spatial, 0-2: the plan's ``mirror_axes``) is flipped with
+    probability 0.5; the others never are, so left/right labels keep their side.
+    """
     from monai import transforms as T
 
     keys = ["image", "label"]
@@ -35,7 +41,7 @@ def build_augmentation(cfg: AugmentConfig, seed: int = 0):
     if cfg.gamma_prob > 0:
         steps.append(T.RandAdjustContrastd("image", prob=cfg.gamma_prob, gamma=(0.7, 1.5)))
     if cfg.flip:
-        steps += [T.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+        steps += [T.RandFlipd(keys, prob=0.5, spatial_axis=int(a)) for a in mirror_axes]
     compose = T.Compose(steps)
     compose.set_random_state(seed=seed)
     return compose

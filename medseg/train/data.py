@@ -64,8 +64,10 @@ def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo, device: t
     plan = choice.plan
     write_text_atomic(fp_path, json.dumps(fp, indent=1))
     plan.write(plan_path)
+    lateral = ", ".join(str(a) for a in range(3) if a not in plan.mirror_axes)
     echo(f"plan: spacing {plan.target_spacing} mm, patch {plan.patch_size}, batch {plan.batch_size}, "
-         f"{len(plan.strides)} levels, separate-z axis {plan.separate_z_axis}")
+         f"{len(plan.strides)} levels, separate-z axis {plan.separate_z_axis}, mirroring axes {plan.mirror_axes}"
+         + (f" (left/right labels along axis {lateral})" if lateral else ""))
     return plan, fp
 
 

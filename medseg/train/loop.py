@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,11 +16,14 @@ REPORT_SECONDS = 30.0
 
 class BatchStream(torch.utils.data.IterableDataset):
     """Endless augmented batches ``(images, labels, contoured)`` (see :class:`medseg.train.sampling.Batch`),
-    produced in DataLoader worker processes (one seed per worker)."""
+    produced in DataLoader worker processes (one seed per worker). Flips use only ``mirror_axes`` (spatial
+    axes 0-2, the plan's ``mirror_axes``)."""
 
-    def __init__(self, sampler, augment_config, batch_size: int, seed: int):
+    def __init__(self, sampler, augment_config, batch_size: int, seed: int,
+                 mirror_axes: Sequence[int] = (0, 1, 2)):
         super().__init__()
         self.sampler, self.augment_config, self.batch_size, self.seed = sampler, augment_config, batch_size, seed
+        self.mirror_axes = tuple(int(a) for a in mirror_axes)
 
     def __iter__(self):
         from monai.data import set_track_meta
@@ -30,7 +34,8 @@ class BatchStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         self.sampler.rng = np.random.default_rng([self.seed, worker])
-        compose = build_augmentation(self.augment_config, seed=self.seed * 1000 + worker)
+        compose = build_augmentation(self.augment_config, seed=self.seed * 1000 + worker,
+                                     mirror_axes=self.mirror_axes)
         while True:
             batch = self.sampler.batch(self.batch_size)
             images, labels = augment_batch(compose, batch.images, batch.labels)
