@@ -136,6 +136,7 @@ def medseg_figures(run: Path, ids: list[str], names: list[str]) -> tuple[dict[st
                 f"post-processing {result.get('postprocess')}")
     log = run / "log.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    records = [r for r in records if "val_mean_dice" in r]  # epochs between sparse validations have none
     if not records:
         return None
     best = max(records, key=lambda r: r["val_mean_dice"])

@@ -126,6 +126,7 @@ def monai_loop(config, plan, data, device, dtype):
 def time_to_dice(run: Path) -> None:
     """Print a ``medseg train`` run's validation mean Dice against wall-clock minutes (its ``log.jsonl``)."""
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    records = [r for r in records if "val_mean_dice" in r]  # epochs between sparse validations have none
     print(f"time to Dice, {run} (held-out fold, no mirroring)")
     print(f"{'epoch':>5} {'minutes':>8} {'mean Dice':>9} {'best so far':>11}")
     best = -1.0

@@ -35,7 +35,7 @@ def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
     assert [r["epoch"] for r in log] == list(range(1, 7))
     assert log[-1]["loss"] < log[0]["loss"]
     assert log[-1]["val_dice"]["organ"] > 0.6, log[-1]
-    assert summary["best_mean_dice"] == max(r["val_mean_dice"] for r in log)
+    assert summary["best_mean_dice"] == max(r["val_mean_dice"] for r in log if "val_mean_dice" in r)
     for name in ("config.yaml", "plan.json", "fingerprint.json", "labels.json", "splits.json", "weights.pt",
                  "versions.json", "SHA256SUMS", "checkpoint_last.pt", "progress.png"):
         assert (out / name).exists(), name
@@ -46,6 +46,21 @@ def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
     with pytest.raises(MedsegError, match="--resume"):
         train(phantoms, out, config)
     _validation_equals_infer_then_evaluate(phantoms, out, tmp_path)
+
+
+def test_validation_between_epochs_is_skipped_when_it_costs_too_much(phantoms, tmp_path, monkeypatch):
+    """With no time to spare for validation (VAL_SHARE 0), only the first epoch (to time it) and the last one
+    validate; the epochs between log their loss without scores, and the best weights come from a validated one."""
+    import medseg.train.run as run_module
+
+    monkeypatch.setattr(run_module, "VAL_SHARE", 0.0)
+    lines = []
+    summary = train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=4"]), echo=lines.append)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "val_mean_dice" in r] == [1, 4]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4] and log[2]["loss"] > 0
+    assert sum("not validated" in line for line in lines) == 2
+    assert summary["best_epoch"] in (1, 4) and (tmp_path / "run" / "progress.png").exists()
 
 
 def _validation_equals_infer_then_evaluate(dataset_path, run, tmp_path):

@@ -34,7 +34,7 @@ def write_progress_png(log_path: str | Path, out_png: str | Path) -> Path:
     loss.set(title="training loss", xlabel="epoch")
     for name in classes:
         dice.plot(epochs, [r.get("val_dice", {}).get(name, float("nan")) for r in records], marker=".", label=name)
-    dice.plot(epochs, [r["val_mean_dice"] for r in records], "k--", label="mean")
+    dice.plot(epochs, [r.get("val_mean_dice", float("nan")) for r in records], "k--", label="mean")
     dice.set(title="validation Dice", xlabel="epoch", ylim=(0.0, 1.0))
     dice.legend(fontsize=7, loc="lower right", ncol=1 if len(classes) < 12 else 3)
     lr.plot(epochs, [r["lr"] for r in records], marker=".", color="#3cb44b")

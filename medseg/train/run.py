@@ -33,6 +33,9 @@ from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.progress_plot import update_progress_png
 from medseg.train.splits import split_cases
 
+# Validation between epochs may take at most this share of the training time (the first and last always run).
+VAL_SHARE = 0.1
+
 
 def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
           echo: Callable[[str], None] = print) -> dict:
@@ -183,15 +186,16 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
     budget = parse_duration(tc.time_budget)
     total_steps = tc.epochs * tc.iterations_per_epoch
-    stream = BatchStream(sampler, config.augment, plan.batch_size, seed + state["epoch"])
+    stream = BatchStream(sampler, config.augment, plan.batch_size, seed + state["epoch"], plan.mirror_axes)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
-    val_seconds = epoch_seconds = 0.0
+    val_seconds = epoch_seconds = val_spent = 0.0
+    passes = _final_passes(tc.final_tta, plan)
     while True:
         # Rank 0 decides progress (and so the learning rate and when to stop) for every rank.
         progress = ctx.broadcast(_progress(state, total_steps, budget, start, epoch_seconds, val_seconds,
-                                           tc.final_tta, ctx))
+                                           passes, ctx))
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
@@ -199,38 +203,60 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
         t0 = time.perf_counter()
         epoch = state["epoch"] + 1
         stats = train_steps(model, batches, optimizer, loss_fn, dev, dtype, tc.iterations_per_epoch, scaler,
-                            deadline=_deadline(budget, start, val_seconds, tc.final_tta, ctx),
+                            deadline=_deadline(budget, start, val_seconds, passes, ctx),
                             report=lambda done, steps, rate, epoch=epoch: echo(
                                 f"epoch {epoch:3d}: {done}/{steps} steps, {rate:.2f} steps/s"))
         state["step"] += stats["steps"]
         state["train_seconds"] += stats["seconds"]
-        v0 = time.perf_counter()
-        shard = val_set.shard(ctx.rank, ctx.world)
-        cases = _merge(ctx.gather(validate([net], shard, plan, _settings(config, plan, tc.val_tta), dev, dtype)))
-        scores = summarise(cases, plan.foreground_names)
-        val_seconds = time.perf_counter() - v0
-        epoch_seconds = time.perf_counter() - t0
         state["epoch"] += 1
+        ending = stats["steps"] < tc.iterations_per_epoch or _progress(
+            state, total_steps, budget, start, time.perf_counter() - t0, val_seconds, passes, ctx) >= 1.0
+        scores = None
+        if ctx.broadcast(_validate_now(state["epoch"], ending, val_seconds, val_spent, state["train_seconds"])):
+            v0 = time.perf_counter()
+            shard = val_set.shard(ctx.rank, ctx.world)
+            cases = _merge(ctx.gather(validate([net], shard, plan, _settings(config, plan, tc.val_tta), dev,
+                                               dtype)))
+            scores = summarise(cases, plan.foreground_names)
+            val_seconds = time.perf_counter() - v0
+            val_spent += val_seconds
+        epoch_seconds = time.perf_counter() - t0
         state["elapsed"] = time.perf_counter() - start
-        mean = scores["mean"]
         losses = ctx.gather(stats["loss"])
         if ctx.main:
-            if mean > state["best"]:
-                state.update(best=mean, best_epoch=state["epoch"])
-                save_checkpoint(out / "weights.pt", net.state_dict())
-            save_checkpoint(last, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                                   "rng": rng_state(sampler.rng)})
-            record = {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)),
-                      "val_dice": scores["per_class"], "val_mean_dice": mean,
-                      "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
-                      "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state["elapsed"],
-                      "ranks": ctx.world}
-            _append_log(out / "log.jsonl", record)
-            update_progress_png(out / "log.jsonl", out / "progress.png")
-            echo(_progress_line(record, _progress(state, total_steps, budget, start, epoch_seconds, val_seconds,
-                                                  tc.final_tta, ctx), start))
+            _after_epoch(out, net, optimizer, sampler, state, stats, scores, losses, t0, ctx.world)
+            echo(_progress_line(out / "log.jsonl", _progress(state, total_steps, budget, start, epoch_seconds,
+                                                             val_seconds, passes, ctx), start))
         state = ctx.broadcast(state)
     return net, state
+
+
+def _after_epoch(out: Path, net, optimizer, sampler, state: dict, stats: dict, scores: dict | None,
+                 losses: list, t0: float, world: int) -> None:
+    """Rank 0 after each epoch: best weights (on validated epochs), the resumable checkpoint, the log line."""
+    if scores is not None and scores["mean"] > state["best"]:
+        state.update(best=scores["mean"], best_epoch=state["epoch"])
+        save_checkpoint(out / "weights.pt", net.state_dict())
+    save_checkpoint(out / "checkpoint_last.pt", {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                                 "state": state, "rng": rng_state(sampler.rng)})
+    record = {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)),
+              "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
+              "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state["elapsed"], "ranks": world}
+    if scores is not None:
+        record.update(val_dice=scores["per_class"], val_mean_dice=scores["mean"])
+    _append_log(out / "log.jsonl", record)
+    update_progress_png(out / "log.jsonl", out / "progress.png")
+
+
+def _validate_now(epoch: int, last: bool, val_seconds: float, val_spent: float, train_seconds: float) -> bool:
+    """Validate after the first epoch (to time it), the last one, and any other while validation has taken
+    under :data:`VAL_SHARE` of the training time so far (a 41-case CT fold can take minutes per pass)."""
+    return epoch == 1 or last or val_spent + val_seconds <= VAL_SHARE * train_seconds
+
+
+def _final_passes(final_tta: bool, plan) -> int:
+    """Network passes per window in the final validation: the mirrored flips of the plan's axes, or one."""
+    return 2 ** len(plan.mirror_axes) if final_tta else 1
 
 
 def _merge(per_rank: list[dict]) -> dict:
@@ -243,28 +269,29 @@ def _optimizer(net, tc):
     return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)  # checked at load
 
 
-def _progress(state, total_steps, budget, start, epoch_seconds: float, val_seconds: float, final_tta: bool,
+def _progress(state, total_steps, budget, start, epoch_seconds: float, val_seconds: float, passes: int,
               ctx: Context) -> float:
     """Fraction of the run done: by steps, or by wall-clock when a time budget is set (1.0: stop)."""
     if budget is None:
         return state["step"] / max(total_steps, 1)
-    return (time.perf_counter() - start) / max(_usable(budget, epoch_seconds, val_seconds, final_tta, ctx), 1.0)
+    return (time.perf_counter() - start) / max(_usable(budget, epoch_seconds, val_seconds, passes, ctx), 1.0)
 
 
-def _deadline(budget: float | None, start: float, val_seconds: float, final_tta: bool, ctx: Context) -> float | None:
+def _deadline(budget: float | None, start: float, val_seconds: float, passes: int, ctx: Context) -> float | None:
     """When the current epoch must stop stepping (mid-epoch if need be) so that the rest still fits the
     budget; None without a budget, and under torchrun, where every rank must take the same number of steps."""
     if budget is None or ctx.world > 1:
         return None
-    return start + _usable(budget, 0.0, val_seconds, final_tta, ctx)
+    return start + _usable(budget, 0.0, val_seconds, passes, ctx)
 
 
-def _usable(budget: float, epoch_seconds: float, val_seconds: float, final_tta: bool, ctx: Context) -> float:
-    """Seconds of the budget for training steps. Kept free: one epoch's validation, the final validation
-    (8 mirrored passes with ``final_tta``) with 20 % margin, and 20 s for writing the model folder; before
-    any validation was timed, 15 % of the budget. Under torchrun epochs cannot stop midway, so the last
-    epoch's length stays free too (an epoch only starts when it can finish)."""
-    validations = (1 + (8 if final_tta else 1)) * val_seconds * 1.2 if val_seconds else 0.15 * budget
+def _usable(budget: float, epoch_seconds: float, val_seconds: float, passes: int, ctx: Context) -> float:
+    """Seconds of the budget for training steps. Kept free: the last epoch's validation, the final validation
+    (``passes`` network passes per window: the mirrored flips with ``final_tta``) with 20 % margin, and 20 s
+    for writing the model folder; before any validation was timed, 15 % of the budget. Under torchrun
+    epochs cannot stop midway, so the last epoch's length stays free too (an epoch only starts when it can
+    finish)."""
+    validations = (1 + passes) * val_seconds * 1.2 if val_seconds else 0.15 * budget
     return budget - validations - 20.0 - (epoch_seconds if ctx.world > 1 else 0.0)
 
 
@@ -277,12 +304,13 @@ def _lr(tc, progress: float) -> float:
     return tc.lr
 
 
-def _progress_line(record, progress, start) -> str:
-    per_class = "  ".join(f"{name} {d:.3f}" for name, d in record["val_dice"].items())
+def _progress_line(log: Path, progress, start) -> str:
+    record = json.loads(log.read_text().splitlines()[-1])
+    per_class = "  ".join(f"{name} {d:.3f}" for name, d in record.get("val_dice", {}).items())
+    scores = f"val Dice {per_class}  (mean {record['val_mean_dice']:.3f})" if per_class else "not validated"
     elapsed = time.perf_counter() - start
     eta = elapsed / max(progress, 1e-6) - elapsed
-    return (f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  val Dice {per_class}  "
-            f"(mean {record['val_mean_dice']:.3f})  {record['epoch_seconds']:.0f} s  "
+    return (f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  {scores}  {record['epoch_seconds']:.0f} s  "
             f"data wait {100 * record['data_wait_fraction']:.0f}%  ETA {_clock(max(eta, 0))}")
 
 
