@@ -55,9 +55,31 @@ def test_budget_picks_the_largest_full_resolution_patch_that_fits(openkbp, monke
     assert choice.plan.batch_size == full.batch_size and choice.plan.filters[0] == full.filters[0]
     larger = [c for c in choice.candidates if np.prod(c.patch) > np.prod(choice.plan.patch_size)]
     assert larger and all(step(c) > allowed for c in larger)  # nothing larger at full resolution fits
-    assert choice.candidates[-1].steps >= config.train.min_steps and "full-resolution" in choice.reason
+    chosen = [c for c in choice.candidates if c.patch == choice.plan.patch_size]
+    assert chosen and chosen[0].steps >= config.train.min_steps and "full-resolution" in choice.reason
+    assert choice.candidates[-1].patch == larger[-1].patch  # the one above was timed again, and failed again
     divisor = np.prod(np.asarray(choice.plan.strides), axis=0)
     assert all(p % d == 0 for p, d in zip(choice.plan.patch_size, divisor, strict=True))
+
+
+def test_a_busy_moment_does_not_shrink_the_plan(openkbp, monkeypatch):
+    """Timed while the machine was busy, the candidate that fits seems 10x slower than it is; once a smaller
+    one fits, the one above is timed again and, now fitting, taken: the same plan as on a quiet machine."""
+    fp, data = openkbp
+    config = load_config("configs/cpu-30min.yaml", ["train.precision=fp32"])
+    fair = _seconds_per_voxel(1e-6)
+    monkeypatch.setattr(budget, "time_steps", fair)
+    quiet = budget.plan_for_budget(fp, data.channels, data.labels, config, CPU, 1800.0).plan
+    timings: list[list[int]] = []
+
+    def busy_once(net, x, *args, **kwargs):
+        timings.append(list(x.shape[2:]))
+        slow = timings.count(quiet.patch_size) == 1 and timings[-1] == quiet.patch_size
+        return fair(net, x, *args, **kwargs) * (10 if slow else 1)
+
+    monkeypatch.setattr(budget, "time_steps", busy_once)
+    busy = budget.plan_for_budget(fp, data.channels, data.labels, config, CPU, 1800.0)
+    assert timings.count(quiet.patch_size) == 2 and busy.plan == quiet
 
 
 def test_low_resolution_stage_when_no_full_resolution_patch_fits(openkbp, monkeypatch):

@@ -11,9 +11,11 @@ budget. On a CPU the same plan can take 10+ s per step (OpenKBP's 96x96x128 patc
 3. the same at half the network width (when that is still >= 8 filters).
 
 The first candidate whose measured step time gives at least ``train.min_steps`` steps in the training
-share of the budget wins. Step time is a forward/backward pass on the candidate's batch in the chosen
+share of the budget wins, after the one just above it is timed once more (and the next while they fit): a
+busy moment while a larger candidate was timed must not shrink the plan for the whole run. Step time is a
+forward/backward pass on the candidate's batch in the chosen
 precision (:func:`medseg.model.device.time_steps`), times :data:`STEP_OVERHEAD` for the optimiser, loss
-and data. A candidate predicted (from a measured larger one, by voxels per step) to take over twice the
+and data. A candidate predicted (from measured larger ones, by their fastest seconds per voxel) to take over twice the
 allowed step time is skipped without being built. When nothing fits, the fastest measured candidate is
 taken and the reason says so.
 """
@@ -95,10 +97,13 @@ def plan_for_budget(fingerprint: dict, channels: dict[int, str], labels: dict[in
     precision = _precision(config, device, ladder)
     allowed = _allowed_step(seconds_left - (time.perf_counter() - t0), config.train.min_steps)
     tried: list[Candidate] = []
-    for plan, width in ladder:
+    for index, (plan, width) in enumerate(ladder):
         candidate = _try(plan, width, config, device, precision, allowed, tried, seconds_left)
         tried.append(candidate)
         if candidate.measured and candidate.step_s <= allowed:
+            index, candidate = _recheck_larger(ladder, tried, index, config, device, precision, allowed,
+                                               seconds_left)
+            plan = ladder[index][0]
             reason = (f"{'full-resolution' if plan.target_spacing == full.target_spacing else 'low-resolution'} "
                       f"plan: {candidate.steps} steps fit the budget (>= {config.train.min_steps}); "
                       f"chosen in {time.perf_counter() - t0:.0f} s")
@@ -108,6 +113,22 @@ def plan_for_budget(fingerprint: dict, channels: dict[int, str], labels: dict[in
     reason = (f"no candidate fits {config.train.min_steps} steps in the budget; the fastest measured one "
               f"({best.steps} steps) is used")
     return BudgetChoice(plan, tried, reason, precision)
+
+
+def _recheck_larger(ladder, tried: list[Candidate], index: int, config, device, precision: str, allowed: float,
+                    seconds_left: float) -> tuple[int, Candidate]:
+    """The ladder index and timing of the plan to take once ``ladder[index]`` fits: a busy moment can make a
+    larger candidate time slow (or be predicted slow), so the one just above is timed again, and the next
+    while they fit. Every timing is appended to ``tried``."""
+    chosen = tried[index]
+    while index > 0:
+        plan, width = ladder[index - 1]
+        again = _try(plan, width, config, device, precision, allowed, [], seconds_left)
+        tried.append(again)
+        if again.step_s > allowed:
+            break
+        index, chosen = index - 1, again
+    return index, chosen
 
 
 def _ladder(fingerprint, channels, labels, config: RunConfig, full: Plan) -> list[tuple[Plan, int]]:
@@ -179,7 +200,8 @@ def _try(plan: Plan, width: int, config, device, precision: str, allowed: float,
          seconds_left: float) -> Candidate:
     voxels = plan.batch_size * float(np.prod(plan.patch_size))
     larger = [c for c in tried if c.measured and c.base_filters == width]
-    predicted = larger[-1].step_s * voxels / (larger[-1].batch * float(np.prod(larger[-1].patch))) if larger else None
+    # the fastest seconds per voxel seen so far: a timing taken in a busy moment must not condemn the rest
+    predicted = voxels * min(c.step_s / (c.batch * float(np.prod(c.patch))) for c in larger) if larger else None
     if predicted is not None and predicted > 2 * allowed:
         step_s, measured = predicted, False
     else:
