@@ -236,6 +236,24 @@ def export(
     typer.echo(f"model {model_id} exported to {out}")
 
 
+@app.command("tune-postprocess")
+@one_line_errors
+def tune_postprocess(
+    run: Path = typer.Argument(..., metavar="RUN_DIR", help="Run folder from `medseg train`."),
+    dataset: Path = typer.Option(..., "--dataset", help="The dataset the run was trained on (MSD or nnU-Net v2 "
+                                 "folder, or a medseg manifest); the run folder does not record where it is."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+):
+    """Choose post-processing on a run's validation fold, for models trained before `medseg train` did it:
+    the final validation is run again, and each label keeps the connected-component rule (none, keep the
+    largest 1-3, drop small components) that raised its Dice there (never lowering lesion detection).
+    Writes postprocess.json (used by `medseg infer`, copied by `medseg export`), updates validation.json and
+    SHA256SUMS. The config's postprocess.rules still win for their labels."""
+    from medseg.train.run import tune_postprocess as tune
+
+    tune(run, dataset, device=device, echo=say)
+
+
 @app.command()
 @one_line_errors
 def evaluate(

@@ -16,6 +16,7 @@ from medseg.config import RunConfig
 from medseg.errors import MedsegError, ModelError, one_line
 from medseg.model.device import autocast_dtype, choose_precision, resolve_device
 from medseg.model.inference import InferenceSettings, Prediction, component_rules, predict_volume
+from medseg.postprocess import ComponentRule
 from medseg.preprocess.plan import Plan
 from medseg.types import Volume
 
@@ -28,18 +29,20 @@ class Predictor:
     """A trained model (or several folds) ready to segment volumes."""
 
     def __init__(self, nets: list[torch.nn.Module], plan: Plan, config: RunConfig, device: torch.device,
-                 dtype: torch.dtype | None, model_id: str):
+                 dtype: torch.dtype | None, model_id: str, chosen_rules: dict[int, ComponentRule] | None = None):
         self.nets, self.plan, self.config = nets, plan, config
         self.device, self.dtype, self.model_id = device, dtype, model_id
         self.labels = dict(plan.labels)
-        self.rules = component_rules(config.postprocess.rules, self.labels)
+        # Rules chosen on validation (postprocess.json), each replaced by the config's rule for its label.
+        self.rules = {**(chosen_rules or {}), **component_rules(config.postprocess.rules, self.labels)}
         self.model_dir: Path | None = None
         self.fingerprint: dict | None = None  # training statistics, for plausibility flags
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
         """Load a model folder or its ``.zip`` (``medseg train`` or ``medseg export``), or a folder of fold
-        folders (ensembled by averaging probabilities).
+        folders (ensembled by averaging probabilities). Post-processing chosen on validation
+        (``postprocess.json``) applies where every fold chose the same rule.
 
         Every folder's SHA256SUMS is verified and weights are loaded with ``weights_only=True``; a zip is
         extracted safely to a temporary folder that is gone once the model is loaded.
@@ -48,7 +51,7 @@ class Predictor:
         from medseg.model.folder import combined_id, open_model
 
         dev = resolve_device(device)
-        nets, plan, config, fingerprint = [], None, None, None
+        nets, plan, config, fingerprint, chosen = [], None, None, None, []
         try:
             with open_model(model_dir) as folders:
                 for folder in folders:
@@ -61,10 +64,12 @@ class Predictor:
                                           folder.path)
                     plan, config = this_plan, folder.load_config()
                     fingerprint = fingerprint or folder.load_fingerprint()
+                    chosen.append(folder.load_postprocess())
                     net = build_network(plan, config.model.__dict__)
                     net.load_state_dict(folder.load_weights())
                     nets.append(net.to(dev).eval())
                 model_id = combined_id(folders)
+                chosen_rules = _agreed_rules(chosen, dict(plan.labels))
         except ModelError:
             raise
         except MedsegError as exc:  # whatever is wrong with the model folder, the model is unusable
@@ -75,7 +80,7 @@ class Predictor:
         chosen = choose_precision(wanted, dev, lambda: build_network(plan, config.model.__dict__),
                                   (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
         dtype = autocast_dtype(chosen.precision)
-        predictor = cls(nets, plan, config, dev, dtype, model_id)
+        predictor = cls(nets, plan, config, dev, dtype, model_id, chosen_rules)
         predictor.model_dir = Path(model_dir)
         predictor.fingerprint = fingerprint
         return predictor
@@ -102,3 +107,14 @@ class Predictor:
         return InferenceSettings(overlap=float(cfg.overlap if overlap is None else overlap),
                                  mirror=bool(cfg.mirror_tta if mirror is None else mirror),
                                  sw_batch_size=cfg.sw_batch_size, rules=self.rules)
+
+
+def _agreed_rules(per_fold: list[dict | None], labels: dict[int, str]) -> dict[int, ComponentRule]:
+    """The rules of the folds' ``postprocess.json`` (None: a fold without one) that every fold chose alike;
+    a label they disagree on gets none, with a warning."""
+    rule_sets = [component_rules(rules or {}, labels) for rules in per_fold]
+    agreed = {v: rule for v, rule in rule_sets[0].items() if all(s.get(v) == rule for s in rule_sets[1:])}
+    if differ := sorted(set().union(*rule_sets) - set(agreed)):
+        log.warning("the folds chose different post-processing for label(s) %s: none applied to them",
+                    ", ".join(map(str, differ)))
+    return agreed

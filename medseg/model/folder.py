@@ -5,6 +5,8 @@ holding only what inference needs:
 
 - ``config.yaml`` (the resolved run config, post-processing rules included), ``plan.json``,
   ``weights.pt`` (best validation weights), ``labels.json``, ``versions.json`` and ``SHA256SUMS``;
+- ``postprocess.json``, the post-processing rules chosen on validation and what they gained (models
+  trained before medseg chose them have none; the config's rules override them label by label);
 - ``fingerprint.json`` cut down to dataset-level statistics (no case ids, no per-case sizes), which
   ``medseg qa`` compares label volumes with.
 
@@ -33,9 +35,9 @@ from medseg.io.atomic import atomic_path, current_umask, write_text_atomic
 from medseg.preprocess.plan import Plan
 
 CONFIG, PLAN, WEIGHTS, LABELS, VERSIONS = "config.yaml", "plan.json", "weights.pt", "labels.json", "versions.json"
-FINGERPRINT, SUMS = "fingerprint.json", "SHA256SUMS"
+FINGERPRINT, SUMS, POSTPROCESS = "fingerprint.json", "SHA256SUMS", "postprocess.json"
 IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what the model id hashes: any change to them changes the model
-INFERENCE_FILES = (*IDENTITY_FILES, LABELS, VERSIONS)
+INFERENCE_FILES = (*IDENTITY_FILES, LABELS, VERSIONS, POSTPROCESS)
 RUN_FILES = (*INFERENCE_FILES, FINGERPRINT, "splits.json", "validation.json", "log.jsonl")  # checksummed
 SHAREABLE_FINGERPRINT = ("ranges", "median_spacing", "median_shape", "intensity", "label_voxels_median",
                          "label_volume_mm3", "cases_with_label")
@@ -158,8 +160,37 @@ class ModelFolder:
                 versions[pkg] = None
         write_text_atomic(self.path / VERSIONS, json.dumps(versions, indent=2))
         write_text_atomic(self.path / LABELS, json.dumps({str(k): v for k, v in labels.items()}, indent=2))
-        self.write_sha256sums([n for n in RUN_FILES if (self.path / n).exists()])
+        self.reseal()
         return self.model_id
+
+    def reseal(self) -> None:
+        """Sum afresh the files of a run folder that exist (after training, or after its post-processing
+        was chosen again); ``versions.json`` keeps the versions training ran with."""
+        self.write_sha256sums([n for n in RUN_FILES if (self.path / n).exists()])
+
+    def write_postprocess(self, rules: dict[int, dict], choice: dict) -> None:
+        """Write ``postprocess.json``: the chosen ``rules`` (label value -> rule mapping, as in the config)
+        and the ``choice`` report (per label name: rule, Dice before/after, gain)."""
+        data = {"rules": {str(k): v for k, v in sorted(rules.items())}, "choice": choice}
+        write_text_atomic(self.path / POSTPROCESS, json.dumps(data, indent=1))
+
+    def load_postprocess(self) -> dict | None:
+        """The rules of ``postprocess.json`` (label value as text -> rule mapping), or None without the file.
+
+        Raises:
+            MedsegError: the file is not covered by ``SHA256SUMS`` or is not such a mapping.
+        """
+        if not (self.path / POSTPROCESS).is_file():
+            return None
+        if POSTPROCESS not in self.recorded_sums():
+            raise MedsegError(f"{POSTPROCESS} is not listed in {SUMS}: medseg did not write it", self.path)
+        try:
+            rules = json.loads((self.path / POSTPROCESS).read_text())["rules"]
+        except (ValueError, KeyError, TypeError):
+            rules = None
+        if not isinstance(rules, dict):
+            raise MedsegError(f"{POSTPROCESS} has no 'rules' mapping", self.path)
+        return rules
 
 
 def find_model_folders(root: str | Path) -> list[ModelFolder]:

@@ -13,6 +13,7 @@ uncontoured class has no entry in that case's scores, and class means are over t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,16 +51,31 @@ def load_validation(dataset: Dataset, ids: list[str]) -> ValidationSet:
 def validate(nets: list[torch.nn.Module], cases: ValidationSet, plan: Plan, settings: InferenceSettings,
              device: torch.device, dtype: torch.dtype | None) -> dict[str, dict[str, float]]:
     """Dice per contoured foreground label (by name) for each case: ``{case id: {label name: dice}}``."""
-    labels = dict(plan.labels)
+    return score_labels(predict_labels(nets, cases, plan, settings, device, dtype), cases, dict(plan.labels))
+
+
+def predict_labels(nets: list[torch.nn.Module], cases: ValidationSet, plan: Plan, settings: InferenceSettings,
+                   device: torch.device, dtype: torch.dtype | None) -> Iterator[np.ndarray]:
+    """The label map of each case in turn on its original grid (``(X, Y, Z)``, uint8 or int16), with the
+    post-processing of ``settings``. The networks are in eval mode until the last one is out."""
     for net in nets:
         net.eval()
+    try:
+        for image in cases.images:
+            yield predict_volume(nets, image, plan, settings, device, dtype).label.array
+    finally:
+        for net in nets:
+            net.train()
+
+
+def score_labels(maps: Iterable[np.ndarray], cases: ValidationSet,
+                 labels: dict[int, str]) -> dict[str, dict[str, float]]:
+    """Dice of the i-th map against case i's truth per label that case contoured: ``{case id: {label name:
+    dice}}``; the maps are read one at a time."""
     scores = {}
-    for case_id, image, truth, case in zip(cases.ids, cases.images, cases.labels, cases.cases, strict=True):
-        prediction = predict_volume(nets, image, plan, settings, device, dtype)
+    for case_id, label_map, truth, case in zip(cases.ids, maps, cases.labels, cases.cases, strict=True):
         contoured = {v: name for v, name in labels.items() if case.contoured(v)}
-        scores[case_id] = dice_by_label(prediction.label.array, truth.array, contoured)
-    for net in nets:
-        net.train()
+        scores[case_id] = dice_by_label(label_map, truth.array, contoured)
     return scores
 
 
