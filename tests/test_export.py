@@ -23,8 +23,8 @@ runner = CliRunner()
 TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10", "train.lr=0.01",
         "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.epochs=2",
         "postprocess.rules={1: {mode: largest}}"]
-SHARED = {"config.yaml", "plan.json", "weights.pt", "labels.json", "versions.json", "fingerprint.json",
-          "SHA256SUMS"}
+SHARED = {"config.yaml", "plan.json", "weights.pt", "postprocess.json", "labels.json", "versions.json",
+          "fingerprint.json", "SHA256SUMS"}
 
 
 @pytest.fixture(scope="module")
