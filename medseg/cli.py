@@ -182,7 +182,8 @@ def infer(
                                            help="SeriesDescription of the DICOM SEG and RTSTRUCT."),
     fail_on_flags: bool = typer.Option(False, "--fail-on-flags", help="Count cases with plausibility flags "
                                        "(input unlike the training data, implausible volumes) as failed."),
-    tta: bool | None = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (8x slower)."),
+    tta: bool | None = typer.Option(None, "--tta/--no-tta",
+                                    help="Mirroring test-time augmentation (2x slower per mirrored axis, up to 8x)."),
     overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap, 0-0.9 (default 0.5)."),
     modality: str | None = typer.Option(None, "--modality", help="DICOM: only series of this modality."),
     description: str | None = typer.Option(None, "--description",
