@@ -118,7 +118,7 @@ def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
 
     chosen = None
     if ctx.main:
-        shape = (1, plan.in_channels, *plan.patch_size)
+        shape = (plan.batch_size, plan.in_channels, *plan.patch_size)  # batch 1 is launch-bound on a GPU
         choice = choose_precision(config.train.precision, dev, lambda: build_network(plan, config.model.__dict__),
                                   shape, key=network_key(plan))
         chosen = choice.precision
