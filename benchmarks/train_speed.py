@@ -65,7 +65,7 @@ def medseg_loop(config, plan, data, device, dtype):
     images, labels, contoured = data
     sampler = PatchSampler(images, labels, plan.patch_size, list(range(1, len(plan.labels))),
                            tc.foreground_fraction, tc.seed, contoured)
-    stream = BatchStream(sampler, config.augment, plan.batch_size, tc.seed)
+    stream = BatchStream(sampler, config.augment, plan.batch_size, tc.seed, plan.mirror_axes)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)

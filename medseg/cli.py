@@ -263,12 +263,15 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write metrics (default: PRED/evaluation)."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Surface Dice tolerance in mm."),
 ):
-    """Dice, IoU, HD95, ASSD, surface Dice, volume difference and lesion-wise detection per case and label:
-    metrics.csv, summary.json and summary.md. Grid mismatches are errors (exit code 1), never scores."""
+    """Dice, IoU, HD95, ASSD, surface Dice, volume difference and lesion-wise detection per case and label;
+    per-lesion Dice, pooled sensitivity and false positives per case, small lesions (< 100 mm^3) apart:
+    metrics.csv, lesions.csv, summary.json and summary.md. Labels a case did not contour are not scored.
+    Grid mismatches are errors (exit code 1), never scores."""
     from medseg.metrics.evaluate import evaluate_folder, markdown_table
+    from medseg.metrics.lesions import lesion_markdown
 
     result = evaluate_folder(pred, gt, out or pred / "evaluation", tolerance_mm=tolerance, echo=say)
-    typer.echo(markdown_table(result["summary"]))
+    typer.echo(markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"]))
     if result["errors"]:
         raise typer.Exit(1)
 

@@ -209,3 +209,4 @@ def test_evaluate_cli_writes_lesions_csv_and_summary(data_path, tmp_path):
     assert summary["uncontoured_omitted"] == {"nodule": 1}
     markdown = (tmp_path / "eval" / "summary.md").read_text()
     assert "| nodule |" in markdown and "## Lesions" in markdown and "100 mm^3" in markdown
+    assert "## Lesions" in result.output  # the terminal shows the lesion section too
