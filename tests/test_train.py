@@ -63,6 +63,22 @@ def test_validation_between_epochs_is_skipped_when_it_costs_too_much(phantoms, t
     assert summary["best_epoch"] in (1, 4) and (tmp_path / "run" / "progress.png").exists()
 
 
+def test_an_unvalidated_last_epoch_gives_the_final_weights(phantoms, tmp_path, monkeypatch):
+    """A budgeted run can stop between validation passes (seen on OpenKBP: validated at epoch 1 of 26 only, the
+    final validation then scored epoch 1's weights, Dice 0). The last epoch's weights must be the ones kept."""
+    import medseg.train.run as run_module
+
+    monkeypatch.setattr(run_module, "_validate_now", lambda epoch, *_: epoch == 1)
+    lines = []
+    train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=3"]), echo=lines.append)
+    out = tmp_path / "run"
+    kept = torch.load(out / "weights.pt", weights_only=True)
+    last = load_checkpoint(out / "checkpoint_last.pt")["model"]
+    assert kept.keys() == last.keys() and all(torch.equal(kept[k], last[k]) for k in kept)
+    assert any("epoch 3 was not validated" in line for line in lines)
+    assert verify_sha256sums(out) == []
+
+
 def _validation_equals_infer_then_evaluate(dataset_path, run, tmp_path):
     """validation.json holds exactly what `medseg infer --tta` + `medseg evaluate` give on the fold's cases."""
     from medseg.data import load_dataset

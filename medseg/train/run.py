@@ -1,9 +1,9 @@
 """``medseg train``: dataset -> model folder. Plan, preprocess (cached), train, validate, checkpoint.
 
 The model folder (what ``medseg infer`` loads) holds: ``config.yaml`` (resolved), ``plan.json``,
-``fingerprint.json``, ``labels.json``, ``splits.json``, ``weights.pt`` (best validation),
-``checkpoint_last.pt`` (everything needed to resume), ``log.jsonl``, ``validation.json``,
-``versions.json`` and ``SHA256SUMS`` (see :mod:`medseg.model.folder`; ``medseg export`` copies what
+``fingerprint.json``, ``labels.json``, ``splits.json``, ``weights.pt`` (best validated epoch; the last
+epoch's when it was not validated), ``checkpoint_last.pt`` (everything needed to resume), ``log.jsonl``,
+``validation.json``, ``versions.json`` and ``SHA256SUMS`` (see :mod:`medseg.model.folder`; ``medseg export`` copies what
 inference needs). Every file is written atomically, so SIGKILL at any moment leaves it consistent.
 
 Under ``torchrun`` every rank trains on its own patches (DistributedDataParallel averages gradients);
@@ -309,12 +309,19 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
             echo(_progress_line(out / "log.jsonl", _progress(state, total_steps, budget, start, epoch_seconds,
                                                              val_seconds, passes, ctx), start))
         state = ctx.broadcast(state)
+    if ctx.main and state["epoch"] > state.get("validated", state["best_epoch"]):
+        # Sparse validation can leave the last epoch unscored (a budgeted run that stopped between passes):
+        # keep its weights, the most trained, rather than an early validated epoch's (seen: epoch 1 of 26).
+        save_checkpoint(out / "weights.pt", net.state_dict())
+        echo(f"epoch {state['epoch']} was not validated: its weights (the most trained) go to the final validation")
     return net, state
 
 
 def _after_epoch(out: Path, net, optimizer, sampler, state: dict, stats: dict, scores: dict | None,
                  losses: list, t0: float, world: int) -> None:
     """Rank 0 after each epoch: best weights (on validated epochs), the resumable checkpoint, the log line."""
+    if scores is not None:
+        state["validated"] = state["epoch"]
     if scores is not None and scores["mean"] > state["best"]:
         state.update(best=scores["mean"], best_epoch=state["epoch"])
         save_checkpoint(out / "weights.pt", net.state_dict())
