@@ -179,7 +179,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
 # Settings that take one of a few values, checked when a config loads (allowed values in the message).
 CHOICES = {
     ("model", "name"): ("dynunet",),
-    ("model", "norm"): ("instance", "batch", "group"),
+    ("model", "norm"): ("instance", "batch", "group", "instance_affine"),
     ("train", "optimizer"): ("adamw", "sgd"),
     ("train", "lr_schedule"): ("poly", "cosine", "constant"),
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),

@@ -29,11 +29,19 @@ def build_network(plan: Plan, model_config: dict) -> torch.nn.Module:
         strides=strides,
         upsample_kernel_size=strides[1:],
         filters=plan.filters,
-        norm_name=model_config.get("norm", "instance"),
+        norm_name=_norm(model_config.get("norm", "instance")),
         deep_supervision=deep,
         deep_supr_num=min(levels, len(strides) - 2) if deep else 1,
         res_block=False,
     )
+
+
+def _norm(name: str) -> str | tuple:
+    """MONAI's norm argument for the config's ``model.norm``: ``instance_affine`` is nnU-Net's instance norm
+    with a learned scale and shift per channel (MONAI DynUNet's own default); ``instance`` has none, so after
+    each norm every channel is zero-mean, unit-variance into the leaky ReLU (models trained before
+    ``instance_affine`` existed keep it)."""
+    return ("INSTANCE", {"affine": True}) if name == "instance_affine" else name
 
 
 def network_key(plan: Plan) -> str:
