@@ -63,6 +63,7 @@ class TrainConfig:
     lr_schedule: str = "poly"  # poly | cosine | constant
     foreground_fraction: float = 0.33
     dice_weight: float = 1.0
+    batch_dice: bool = True
     ce_weight: float = 1.0
     num_workers: int = 1
     precision: str = "auto"  # auto | bf16 | fp16 | fp32

@@ -137,18 +137,22 @@ def test_marginal_loss_equals_dice_ce_when_everything_is_contoured(weights):
                           deep_supervision_loss(monai, stacked, target), rtol=1e-6, atol=1e-7)
 
 
-def test_fully_contoured_fast_path_equals_the_marginal_computation():
+@pytest.mark.parametrize("batch", [True, False])
+def test_fully_contoured_fast_path_equals_the_marginal_computation(batch):
     """A batch that contoured everything skips the class merging; value and gradients stay those of the
-    marginal computation (which equals MONAI's DiceCELoss, above)."""
+    marginal computation, which is MONAI's DiceCELoss with the same ``batch`` (Dice over the batch, or per
+    sample as MONAI's default)."""
     from medseg.train.losses import _marginal
 
     torch.manual_seed(1)
     logits = (3 * torch.randn(2, 4, 9, 10, 7)).requires_grad_()
     target = torch.randint(0, 4, (2, 1, 9, 10, 7))
     everything = torch.ones(2, 4, dtype=torch.bool)
-    fast = marginal_dice_ce(logits, target, everything, 0.5, 2.0)
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, lambda_dice=0.5, lambda_ce=2.0)
+    fast = marginal_dice_ce(logits, target, everything, 0.5, 2.0, batch)
+    assert torch.allclose(fast, monai(logits, target), rtol=1e-6, atol=1e-7)
     (grad_fast,) = torch.autograd.grad(fast, logits)
-    slow = _marginal(logits, target, everything, 0.5, 2.0)
+    slow = _marginal(logits, target, everything, 0.5, 2.0, batch)
     (grad_slow,) = torch.autograd.grad(slow, logits)
     assert torch.allclose(fast, slow, rtol=1e-6) and torch.allclose(grad_fast, grad_slow, rtol=1e-5, atol=1e-8)
 
@@ -175,6 +179,18 @@ def test_uncontoured_organ_predicted_on_background_is_not_penalised():
     # ... and ~0 next to the push away from class 3 where sample 1 contoured it.
     assert grad[0, 3, :2].abs().max() < 0.01 * grad[1, 3, :2].abs().min()
     assert (grad[1, 3, :2] > 0).all()  # gradient descent lowers the wrongly predicted class's logit
+
+
+def test_per_sample_dice_averages_the_pairs_each_sample_contoured():
+    """With ``batch=False`` the Dice term is the mean over (sample, contoured class) pairs: the batch's value is
+    each sample's own loss weighted by how many classes it contoured."""
+    logits, target = _batch()
+    logits = logits + torch.randn_like(logits)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    alone = [marginal_dice_ce(logits[i:i + 1], target[i:i + 1], mask[i:i + 1], 1.0, 0.0, batch=False) for i in (0, 1)]
+    both = marginal_dice_ce(logits, target, mask, 1.0, 0.0, batch=False)
+    assert torch.isclose(both, (3 * alone[0] + 4 * alone[1]) / 7, rtol=1e-5)
+    assert not torch.isclose(both, marginal_dice_ce(logits, target, mask, 1.0, 0.0, batch=True), rtol=1e-3)
 
 
 def test_deep_supervision_passes_the_mask_to_every_level():

@@ -79,6 +79,28 @@ def test_an_unvalidated_last_epoch_gives_the_final_weights(phantoms, tmp_path, m
     assert verify_sha256sums(out) == []
 
 
+def test_validation_is_timed_on_a_few_cases_and_not_repeated_at_the_end(phantoms, tmp_path, monkeypatch):
+    """Epoch 1 times validation on TIMING_CASES cases (a partial pass: logged as not validated); when the final
+    validation scores like the between-epoch passes (no mirroring in either), the last epoch gets no pass of its
+    own: the final validation scores its weights, on every case of the fold."""
+    import medseg.train.run as run_module
+
+    monkeypatch.setattr(run_module, "VAL_SHARE", 0.0)
+    monkeypatch.setattr(run_module, "TIMING_CASES", 1)
+    config = load_config(None, TINY + ["train.epochs=3", "train.folds=2", "train.final_tta=false"])
+    lines = []
+    train(phantoms, tmp_path / "run", config, echo=lines.append)
+    out = tmp_path / "run"
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and not any("val_mean_dice" in r for r in log)
+    val_ids = json.loads((out / "splits.json").read_text())[0]["val"]
+    validation = json.loads((out / "validation.json").read_text())
+    assert len(val_ids) >= 2 and sorted(validation["cases"]) == sorted(val_ids) and validation["mirror"] is False
+    kept = torch.load(out / "weights.pt", weights_only=True)
+    last = load_checkpoint(out / "checkpoint_last.pt")["model"]
+    assert all(torch.equal(kept[k], last[k]) for k in kept)
+
+
 def _validation_equals_infer_then_evaluate(dataset_path, run, tmp_path):
     """validation.json holds exactly what `medseg infer --tta` + `medseg evaluate` give on the fold's cases."""
     from medseg.data import load_dataset

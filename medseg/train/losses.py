@@ -25,34 +25,37 @@ import torch.nn.functional as F
 
 
 def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor,
-                     lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> torch.Tensor:
-    """Marginal batch Dice + cross-entropy over the classes each sample contoured.
+                     lambda_dice: float = 1.0, lambda_ce: float = 1.0, batch: bool = True) -> torch.Tensor:
+    """Marginal Dice + cross-entropy over the classes each sample contoured.
 
     Args:
         logits: ``(B, K, *spatial)`` network output.
         target: ``(B, 1, *spatial)`` class indices ``0..K-1``.
         contoured: ``(B, K)`` bool, which classes each sample contoured; background (class 0) always counts
             as contoured. A class contoured by no sample of the batch is left out of the Dice mean.
+        batch: Dice over the whole batch per class (nnU-Net's batch Dice); False: per sample and class, as
+            MONAI's ``DiceCELoss`` default, averaged over the (sample, class) pairs the sample contoured.
 
     Returns:
-        A scalar: ``lambda_dice`` x mean over classes of ``1 - batch Dice`` + ``lambda_ce`` x mean voxel
-        cross-entropy, both on the merged classes.
+        A scalar: ``lambda_dice`` x mean of ``1 - Dice`` + ``lambda_ce`` x mean voxel cross-entropy, both on the
+        merged classes.
     """
     if bool(contoured[:, 1:].all()):
-        return _dice_ce(logits, target, lambda_dice, lambda_ce)
-    return _marginal(logits, target, contoured, lambda_dice, lambda_ce)
+        return _dice_ce(logits, target, lambda_dice, lambda_ce, batch)
+    return _marginal(logits, target, contoured, lambda_dice, lambda_ce, batch)
 
 
-def _dice_ce(logits: torch.Tensor, target: torch.Tensor, lambda_dice: float, lambda_ce: float) -> torch.Tensor:
-    """Batch Dice + cross-entropy when every class is contoured (MONAI's DiceCELoss, batch=True)."""
+def _dice_ce(logits: torch.Tensor, target: torch.Tensor, lambda_dice: float, lambda_ce: float,
+             batch: bool) -> torch.Tensor:
+    """Dice + cross-entropy when every class is contoured (MONAI's DiceCELoss with ``batch``)."""
     from monai.losses import DiceLoss
 
-    dice = DiceLoss(to_onehot_y=True, softmax=True, batch=True)(logits, target)
+    dice = DiceLoss(to_onehot_y=True, softmax=True, batch=batch)(logits, target)
     return lambda_dice * dice + lambda_ce * F.cross_entropy(logits, target[:, 0].long())
 
 
 def _marginal(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor, lambda_dice: float,
-              lambda_ce: float) -> torch.Tensor:
+              lambda_ce: float, batch: bool) -> torch.Tensor:
     """The marginal loss proper (module docstring), for any ``contoured`` mask."""
     from monai.losses import DiceLoss
 
@@ -73,6 +76,6 @@ def _marginal(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tenso
     # sample, so it adds nothing to that class's batch Dice sums.
     marginal = torch.cat([bg, (probs * known.view(shape))[:, 1:]], 1)
     onehot = F.one_hot(merged_target[:, 0], logits.shape[1]).movedim(-1, 1).to(probs.dtype)
-    per_class = DiceLoss(batch=True, reduction="none")(marginal, onehot).flatten()
-    dice = per_class[known.any(0)].mean()
+    per_class = DiceLoss(batch=batch, reduction="none")(marginal, onehot)
+    dice = per_class.flatten()[known.any(0)].mean() if batch else per_class.flatten(1)[known].mean()
     return lambda_dice * dice + lambda_ce * ce

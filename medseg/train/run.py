@@ -33,8 +33,11 @@ from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.progress_plot import update_progress_png
 from medseg.train.splits import split_cases
 
-# Validation between epochs may take at most this share of the training time (the first and last always run).
+# Validation between epochs may take at most this share of the training time.
 VAL_SHARE = 0.1
+# The first epoch times validation on at most this many cases (the whole fold when it is no larger). Timing all
+# 41 OpenKBP CTs took 186 s of a 25-minute budget (AMD EPYC, 2 cores, 2026-11-26) to score an untrained network.
+TIMING_CASES = 4
 
 
 def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
@@ -247,7 +250,7 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     optimizer = _optimizer(net, tc)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
     # DiceCE, marginal over each case's uncontoured classes (plain DiceCE when every class is contoured)
-    loss_fn = partial(marginal_dice_ce, lambda_dice=tc.dice_weight, lambda_ce=tc.ce_weight)
+    loss_fn = partial(marginal_dice_ce, lambda_dice=tc.dice_weight, lambda_ce=tc.ce_weight, batch=tc.batch_dice)
     classes = list(range(1, len(plan.labels)))  # cached labels are class indices 0..K-1
     seed = tc.seed + 1000 * ctx.rank  # each rank draws its own patches
     images, labels, contoured = train_data
@@ -272,7 +275,10 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
     val_seconds = epoch_seconds = val_spent = 0.0
-    passes = _final_passes(tc.final_tta, plan)
+    # The last epoch is validated on its own only when the final validation scores differently (mirroring);
+    # otherwise the final validation scores its weights (and keeps the budget's minutes for training).
+    same_as_final = tc.val_tta == tc.final_tta
+    passes = _final_passes(tc.final_tta, plan) + (0 if same_as_final else 1)  # kept free at the end
     while True:
         # Rank 0 decides progress (and so the learning rate and when to stop) for every rank.
         progress = ctx.broadcast(_progress(state, total_steps, budget, start, epoch_seconds, val_seconds,
@@ -293,14 +299,17 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
         ending = stats["steps"] < tc.iterations_per_epoch or _progress(
             state, total_steps, budget, start, time.perf_counter() - t0, val_seconds, passes, ctx) >= 1.0
         scores = None
-        if ctx.broadcast(_validate_now(state["epoch"], ending, val_seconds, val_spent, state["train_seconds"])):
+        if ctx.broadcast(_validate_now(state["epoch"], ending and not same_as_final, val_seconds, val_spent,
+                                       state["train_seconds"])):
             v0 = time.perf_counter()
-            shard = val_set.shard(ctx.rank, ctx.world)
-            cases = _merge(ctx.gather(validate([net], shard, plan, _settings(config, plan, tc.val_tta), dev,
-                                               dtype)))
-            scores = summarise(cases, plan.foreground_names)
-            val_seconds = time.perf_counter() - v0
-            val_spent += val_seconds
+            subset = val_set.first(TIMING_CASES) if state["epoch"] == 1 else val_set
+            cases = _merge(ctx.gather(validate([net], subset.shard(ctx.rank, ctx.world), plan,
+                                               _settings(config, plan, tc.val_tta), dev, dtype)))
+            spent = time.perf_counter() - v0
+            val_spent += spent
+            val_seconds = spent * val_set.extent() / subset.extent()  # a whole pass, estimated by volume
+            # a timing pass on part of the fold is not comparable with whole passes: logged as not validated
+            scores = summarise(cases, plan.foreground_names) if len(subset.ids) == len(val_set.ids) else None
         epoch_seconds = time.perf_counter() - t0
         state["elapsed"] = time.perf_counter() - start
         losses = ctx.gather(stats["loss"])
@@ -313,6 +322,7 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
         # Sparse validation can leave the last epoch unscored (a budgeted run that stopped between passes):
         # keep its weights, the most trained, rather than an early validated epoch's (seen: epoch 1 of 26).
         save_checkpoint(out / "weights.pt", net.state_dict())
+        state["weights_epoch"] = state["epoch"]
         echo(f"epoch {state['epoch']} was not validated: its weights (the most trained) go to the final validation")
     return net, state
 
@@ -337,8 +347,9 @@ def _after_epoch(out: Path, net, optimizer, sampler, state: dict, stats: dict, s
 
 
 def _validate_now(epoch: int, last: bool, val_seconds: float, val_spent: float, train_seconds: float) -> bool:
-    """Validate after the first epoch (to time it), the last one, and any other while validation has taken
-    under :data:`VAL_SHARE` of the training time so far (a 41-case CT fold can take minutes per pass)."""
+    """Validate after the first epoch (to time it, on :data:`TIMING_CASES` cases), the ``last`` one, and any
+    other while validation has taken under :data:`VAL_SHARE` of the training time so far (a 41-case CT fold
+    can take minutes per pass)."""
     return epoch == 1 or last or val_spent + val_seconds <= VAL_SHARE * train_seconds
 
 
@@ -374,12 +385,12 @@ def _deadline(budget: float | None, start: float, val_seconds: float, passes: in
 
 
 def _usable(budget: float, epoch_seconds: float, val_seconds: float, passes: int, ctx: Context) -> float:
-    """Seconds of the budget for training steps. Kept free: the last epoch's validation, the final validation
-    (``passes`` network passes per window: the mirrored flips with ``final_tta``) with 20 % margin, and 20 s
-    for writing the model folder; before any validation was timed, 15 % of the budget. Under torchrun
+    """Seconds of the budget for training steps. Kept free: ``passes`` validation passes (the final
+    validation's mirrored flips with ``final_tta``, plus the last epoch's own pass when it differs) with 20 %
+    margin, and 20 s for writing the model folder; before any validation was timed, 15 % of the budget. Under torchrun
     epochs cannot stop midway, so the last epoch's length stays free too (an epoch only starts when it can
     finish)."""
-    validations = (1 + passes) * val_seconds * 1.2 if val_seconds else 0.15 * budget
+    validations = passes * val_seconds * 1.2 if val_seconds else 0.15 * budget
     return budget - validations - 20.0 - (epoch_seconds if ctx.world > 1 else 0.0)
 
 
@@ -421,8 +432,10 @@ def _truncate_log(path: Path, epoch: int) -> None:
 def _finish(out: Path, plan, state, start, echo, final: dict) -> dict:
     model_id = ModelFolder(out).seal(plan.labels)
     total = time.perf_counter() - start
-    summary = {"best_mean_dice": state["best"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
-               "seconds": total, "model_dir": str(out), "model_id": model_id, "validation": final}
-    echo(f"done: {state['epoch']} epochs in {_clock(total)}; best validation mean Dice {state['best']:.4f} "
-         f"at epoch {state['best_epoch']}; model {model_id} in {out} (`medseg export` makes a copy to share)")
+    kept = state.get("weights_epoch", state["best_epoch"])
+    summary = {"best_mean_dice": state["best"], "best_epoch": state["best_epoch"], "weights_epoch": kept,
+               "epochs": state["epoch"], "seconds": total, "model_dir": str(out), "model_id": model_id,
+               "validation": final}
+    echo(f"done: {state['epoch']} epochs in {_clock(total)}; final validation mean Dice {final['mean']:.4f} with "
+         f"epoch {kept}'s weights; model {model_id} in {out} (`medseg export` makes a copy to share)")
     return summary

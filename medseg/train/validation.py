@@ -36,6 +36,15 @@ class ValidationSet:
     labels: list[Volume]
     cases: list[Case]
 
+    def first(self, n: int) -> ValidationSet:
+        """The first ``n`` cases."""
+        return ValidationSet(self.ids[:n], self.images[:n], self.labels[:n], self.cases[:n])
+
+    def extent(self) -> float:
+        """Scanned volume of all cases (mm³, at least 1): what a validation pass's time grows with."""
+        mm3 = [float(np.prod(v.spatial_shape)) * abs(np.linalg.det(v.affine[:3, :3])) for v in self.images]
+        return max(sum(mm3), 1.0)
+
     def shard(self, rank: int, world: int) -> ValidationSet:
         """Every ``world``-th case from ``rank`` (each rank validates its own share)."""
         return ValidationSet(self.ids[rank::world], self.images[rank::world], self.labels[rank::world],
