@@ -38,7 +38,7 @@ class ValidationSet:
 
     def first(self, n: int) -> ValidationSet:
         """The first ``n`` cases."""
-        return ValidationSet(self.ids[:n], self.images[:n], self.labels[:n], self.cases[:n])
+        return self._take(slice(n))
 
     def extent(self) -> float:
         """Scanned volume of all cases (mm³, at least 1): what a validation pass's time grows with."""
@@ -47,8 +47,10 @@ class ValidationSet:
 
     def shard(self, rank: int, world: int) -> ValidationSet:
         """Every ``world``-th case from ``rank`` (each rank validates its own share)."""
-        return ValidationSet(self.ids[rank::world], self.images[rank::world], self.labels[rank::world],
-                             self.cases[rank::world])
+        return self._take(slice(rank, None, world))
+
+    def _take(self, which: slice) -> ValidationSet:
+        return ValidationSet(self.ids[which], self.images[which], self.labels[which], self.cases[which])
 
 
 def load_validation(dataset: Dataset, ids: list[str]) -> ValidationSet:
