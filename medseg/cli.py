@@ -9,6 +9,9 @@ import typer
 
 from medseg._cli_util import one_line_errors, say, setup_logging
 
+DATASET_HELP = ("MSD or nnU-Net v2 folder, a medseg manifest or datalist, or a folder of DICOM exports (images with "
+                "RTSTRUCT or DICOM SEG labels).")
+
 app = typer.Typer(
     help="Segment 3D medical scans (CT, MR): read DICOM/NIfTI with exact geometry, check and plan datasets, train, "
     "segment folders, DICOM studies or a DICOM node, export shareable models, evaluate and review results.",
@@ -66,11 +69,19 @@ def convert(
     dicom_dir: Path = typer.Argument(..., help="Folder with DICOM files (searched recursively, any order)."),
     out_dir: Path = typer.Argument(..., help="Where to write one NIfTI per series."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist."),
+    labels: Path | None = typer.Option(None, "--labels", help="Write an nnU-Net v2 raw dataset of the series "
+                                       "that RTSTRUCT/SEG objects label, ROI names mapped by this YAML file "
+                                       "('tg263': the built-in table); see docs/dicom_rt.md."),
 ):
     """Convert every DICOM series in a folder to NIfTI, each with a JSON sidecar. Names come from the series
-    number, a hash of its SeriesInstanceUID and the sanitised description. Exit code 1 when any series was
-    refused or failed, or when the folder holds no DICOM series."""
+    number, a hash of its SeriesInstanceUID and the sanitised description. With --labels, write the labelled
+    series as an nnU-Net v2 raw dataset instead. Exit code 1 when any series (or label object) was refused or
+    failed, or when the folder holds no DICOM series."""
     from medseg.io.convert import convert_dicom_folder
+
+    if labels is not None:
+        _convert_dataset(dicom_dir, out_dir, labels, overwrite)
+        return
 
     results = convert_dicom_folder(dicom_dir, out_dir, overwrite=overwrite)
     for r in results:
@@ -86,15 +97,42 @@ def convert(
         raise typer.Exit(1)
 
 
+def _convert_dataset(dicom_dir: Path, out_dir: Path, labels: Path, overwrite: bool) -> None:
+    from medseg.data.dicom_export import import_export, scan_export
+    from medseg.data.roi_names import default_mapping, load_mapping
+    from medseg.data.source import BUILTIN, roi_table
+
+    scan = scan_export(dicom_dir)
+    mapping = default_mapping(scan.roi_names()) if str(labels) == BUILTIN else load_mapping(labels)
+    result = import_export(scan, mapping, out_dir, overwrite=overwrite, echo=say)
+    for line in roi_table(scan, mapping) + [f"left out: {x}" for x in result["left_out"]]:
+        typer.echo(line)
+    say(f"wrote {len(result['cases'])} cases to {out_dir} (nnU-Net v2 raw)")
+    if result["left_out"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 @one_line_errors
-def check(dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or a medseg manifest.")):
-    """Validate a dataset and list every problem; exit code 1 when there is any error."""
-    from medseg.data import check_dataset, load_dataset
+def check(dataset: Path = typer.Argument(..., help=DATASET_HELP),
+    labels: Path | None = typer.Option(None, "--labels", help="For DICOM exports (RTSTRUCT/SEG labels): a "
+                                       "YAML mapping of labels to ROI names, or 'tg263' for the built-in table "
+                                       "(the default); see docs/dicom_rt.md."),
+):
+    """Validate a dataset and list every problem; exit code 1 when there is any error. For a DICOM export, the
+    table of every ROI name found (cases, cases with contours, the label it maps to) comes first."""
+    import tempfile
 
-    report = check_dataset(load_dataset(dataset))
-    for problem in report.problems:
-        typer.echo(str(problem))
+    from medseg.data import check_dataset
+    from medseg.data.source import open_dataset
+
+    with tempfile.TemporaryDirectory(prefix="medseg-check-") as work:
+        data = open_dataset(dataset, work, labels, echo=say)
+        for line in data.notes:
+            typer.echo(line)
+        report = check_dataset(data)
+        for problem in report.problems:
+            typer.echo(str(problem))
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
@@ -103,7 +141,10 @@ def check(dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or
 @app.command()
 @one_line_errors
 def plan(
-    dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or a medseg manifest."),
+    dataset: Path = typer.Argument(..., help=DATASET_HELP),
+    labels: Path | None = typer.Option(None, "--labels", help="For DICOM exports (RTSTRUCT/SEG labels): a "
+                                       "YAML mapping of labels to ROI names, or 'tg263' for the built-in table "
+                                       "(the default); see docs/dicom_rt.md."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see configs/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
     time_budget: str | None = typer.Option(None, "--time-budget", help="e.g. 30m: measure candidate plans on "
@@ -113,16 +154,20 @@ def plan(
 ):
     """Fingerprint a dataset and print the training plan (spacing, patch, network, normalisation) as JSON;
     with a time budget, the candidates measured and why the plan was chosen go to stderr first."""
+    import tempfile
 
     from medseg.config import load_config, parse_duration
     from medseg.data import load_dataset
+    from medseg.data.source import materialise
     from medseg.model.device import resolve_device
     from medseg.preprocess import fingerprint
     from medseg.train.budget import plan_for_budget
 
-    data = load_dataset(dataset)
+    with tempfile.TemporaryDirectory(prefix="medseg-plan-") as work:
+        data = load_dataset(materialise(dataset, work, labels, echo=say)[0])
+        fingerprinted = fingerprint(data.without_test())
     cfg = load_config(config, set_ + ([f"train.time_budget={time_budget}"] if time_budget else []))
-    choice = plan_for_budget(fingerprint(data.without_test()), data.channels, data.labels, cfg,
+    choice = plan_for_budget(fingerprinted, data.channels, data.labels, cfg,
                              resolve_device(device), parse_duration(cfg.train.time_budget))
     for candidate in choice.candidates:
         typer.echo(f"  {candidate.line()}", err=True)
@@ -133,7 +178,10 @@ def plan(
 @app.command()
 @one_line_errors
 def train(
-    dataset: Path = typer.Argument(..., help="MSD or nnU-Net v2 folder, or a medseg manifest."),
+    dataset: Path = typer.Argument(..., help=DATASET_HELP),
+    labels: Path | None = typer.Option(None, "--labels", help="For DICOM exports (RTSTRUCT/SEG labels): a "
+                                       "YAML mapping of labels to ROI names, or 'tg263' for the built-in table "
+                                       "(the default); see docs/dicom_rt.md."),
     out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model folder to write."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see configs/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
@@ -149,6 +197,7 @@ def train(
     Launched by torchrun (e.g. `torchrun --nproc_per_node=4 -m medseg.cli train ...`) it trains with
     DistributedDataParallel; see docs/distributed.md."""
     from medseg.config import load_config
+    from medseg.data.source import materialise
     from medseg.train import train as run_training
 
     overrides = list(set_)
@@ -160,6 +209,9 @@ def train(
         overrides.append(f"train.seed={seed}")
     if deterministic:
         overrides.append("train.deterministic=true")
+    dataset, data = materialise(dataset, out / "dicom_import", labels, echo=say)  # DICOM decoded once per run
+    for line in data.notes:
+        say(line)
     run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device,
                  echo=say)
 
@@ -259,7 +311,11 @@ def tune_postprocess(
 @one_line_errors
 def evaluate(
     pred: Path = typer.Argument(..., help="Folder of predicted label maps (<id>.nii.gz, e.g. from medseg infer)."),
-    gt: Path = typer.Argument(..., help="Folder of ground-truth label maps, or a dataset/manifest."),
+    gt: Path = typer.Argument(..., help="Folder of ground-truth label maps, a dataset/manifest, or a DICOM "
+                              "export whose RTSTRUCT/SEG objects are the truth (paired by series)."),
+    labels: Path | None = typer.Option(None, "--labels", help="For DICOM exports (RTSTRUCT/SEG labels): a "
+                                       "YAML mapping of labels to ROI names, or 'tg263' for the built-in table "
+                                       "(the default); see docs/dicom_rt.md."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write metrics (default: PRED/evaluation)."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Surface Dice tolerance in mm."),
 ):
@@ -267,10 +323,15 @@ def evaluate(
     per-lesion Dice, pooled sensitivity and false positives per case, small lesions (< 100 mm^3) apart:
     metrics.csv, lesions.csv, summary.json and summary.md. Labels a case did not contour are not scored.
     Grid mismatches are errors (exit code 1), never scores."""
+    import tempfile
+
+    from medseg.data.source import materialise
     from medseg.metrics.evaluate import evaluate_folder, markdown_table
     from medseg.metrics.lesions import lesion_markdown
 
-    result = evaluate_folder(pred, gt, out or pred / "evaluation", tolerance_mm=tolerance, echo=say)
+    with tempfile.TemporaryDirectory(prefix="medseg-truth-") as work:
+        truth, _ = materialise(gt, work, labels, echo=say)
+        result = evaluate_folder(pred, truth, out or pred / "evaluation", tolerance_mm=tolerance, echo=say)
     typer.echo(markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"]))
     if result["errors"]:
         raise typer.Exit(1)

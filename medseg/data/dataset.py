@@ -115,6 +115,8 @@ class Dataset:
         channels: Channel index -> modality name (``CT``, ``MR``...); decides normalisation.
         problems: Problems found while parsing (duplicate ids...), reported by ``medseg check``.
         splits: The folder's ``splits_final.json`` (nnU-Net v2 format), when it has one.
+        notes: Lines that do not block training: for a DICOM export, its ROI table, the label objects left
+            out and why, and per case the ROIs not used (:mod:`medseg.data.source`).
     """
 
     name: str
@@ -125,6 +127,7 @@ class Dataset:
     cases: list[Case]
     problems: list[str] = field(default_factory=list)
     splits: list[dict[str, list[str]]] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def labelled(self) -> list[Case]:
