@@ -21,6 +21,8 @@ from medseg.data.roi_names import LabelMapping, default_mapping, load_mapping, m
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.io.dicom_files import open_dicom
+from medseg.io.dicom_series import scan_folder
+from medseg.io.label_objects import read_label_object
 from medseg.io.paths import image_suffix
 
 BUILTIN = "tg263"  # --labels value naming the built-in table
@@ -105,11 +107,13 @@ def _import_manifest_cases(dataset: Dataset, dicom_cases: list, work_dir: str | 
     export_cases, left_out = [], []
     for case in dicom_cases:
         try:
-            found = scan_export(case.images[0])
-            label = next(c for c in found.cases if c.label.path.resolve() == case.label.resolve())
-            export_cases.append(ExportCase(case.id, label.series, label.label))
-        except (MedsegError, StopIteration):
-            left_out.append(f"{case.label}: no image series of its own under {case.images[0]}")
+            obj = read_label_object(case.label)
+            found = [s for s in scan_folder(case.images[0]).series if s.uid in obj.series_uids and s.readable]
+            if len(found) != 1:
+                raise MedsegError(f"{len(found)} readable series of those it references under {case.images[0]}")
+            export_cases.append(ExportCase(case.id, found[0], obj))
+        except (MedsegError, NotADirectoryError) as exc:
+            left_out.append(f"{case.label}: {getattr(exc, 'problem', None) or exc}")
     scan = ExportScan(Path(dataset.root), export_cases, left_out)
     result = import_export(scan, mapping, work_dir, overwrite=True, echo=echo)
     imported, out = result["cases"], Path(work_dir)

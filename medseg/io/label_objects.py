@@ -136,14 +136,22 @@ def _seg_masks(obj: LabelObject, sources: list, numbers: list[int]) -> dict[int,
 
     seg = hd.seg.segread(obj.path)
     uids = [str(ds.SOPInstanceUID) for ds in sources]
-    referenced = {str(u) for u, *_ in seg.get_source_image_uids()} if hasattr(seg, "get_source_image_uids") else set()
-    if referenced and not referenced & set(uids):
+    referenced = {str(item[-1]) for item in seg.get_source_image_uids()}  # (study, series, instance) UIDs
+    if not referenced & set(uids):
         raise MedsegError("its frames reference none of the series' images", obj.path)
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
-                                               combine_segments=False, skip_overlap_checks=True,
-                                               assert_missing_frames_are_empty=True)
-    array = np.asarray(pixels) > 0  # (slices, rows, columns, segments)
-    return {n: array[..., i].transpose(2, 1, 0) for i, n in enumerate(numbers)}
+    present = [k for k, u in enumerate(uids) if u in referenced]  # highdicom refuses images not referenced
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uids[k] for k in present],
+                                               segment_numbers=numbers, combine_segments=False,
+                                               skip_overlap_checks=True, assert_missing_frames_are_empty=True,
+                                               # dcmqi and others leave SpatialLocationsPreserved out; the
+                                               # frame references the image it was drawn on, which is enough
+                                               ignore_spatial_locations=True)
+    array = np.asarray(pixels) > 0  # (referenced slices, rows, columns, segments)
+    masks = {}
+    for i, number in enumerate(numbers):
+        masks[number] = np.zeros((int(sources[0].Columns), int(sources[0].Rows), len(sources)), dtype=bool)
+        masks[number][:, :, present] = array[..., i].transpose(2, 1, 0)
+    return masks
 
 
 def _rtstruct_masks(obj: LabelObject, sources: list, step: float, numbers: list[int]
