@@ -302,3 +302,27 @@ def test_manifest_case_with_an_rtstruct_label(export, shared_data, tmp_path):
     assert np.array_equal(np.asarray(nib.load(rt.label).dataobj), truth)
     assert set(rt.annotated) == set(np.unique(truth)) - {0}
     assert {c.id for c in __import__("medseg").data.load_dataset(path).cases} == {"rt", "nifti"}
+
+
+def test_medseg_rtstruct_round_trips_through_the_default_table(export, tmp_path):
+    """What `medseg infer --rtstruct` writes (ROI names = the model's label names, contours along voxel edges)
+    reads back through the built-in table to the same organs and, with the labels' mapping, the same map."""
+    from medseg.io.rtstruct import write_rtstruct
+    from medseg.types import Volume
+
+    root = _copy(export, ["HN07003"], tmp_path / "export")
+    _rtstruct(root).unlink()
+    series = scan_export(export / "export" / "HN07003").cases[0].series
+    truth = nib.load(export / "truth" / "HN07003.nii.gz")
+    array = np.asarray(truth.dataobj).astype(np.uint8)
+    files = [root / p.relative_to(export / "export") for p in series.files]
+    write_rtstruct(Volume(array, truth.affine), files, OKBP_LABELS, root / "HN07003" / "RS.medseg.dcm")
+    scan = scan_export(root)
+    present = {OKBP_LABELS[v] for v in np.unique(array) if v}
+    table = default_mapping(scan.roi_names())
+    assert {table.labels[table.label_of(name)] for name in present} == \
+        {{"RightParotid": "Parotid_R", "LeftParotid": "Parotid_L", "Mandible": "Bone_Mandible"}.get(n, n)
+         for n in present}
+    case = scan.cases[0]
+    labels = case_labels(case, read_series(case.series), mapping_for(OKBP_LABELS))
+    assert np.array_equal(labels.label.array, array)
