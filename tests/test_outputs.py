@@ -113,3 +113,22 @@ def test_node_says_why_a_multi_frame_series_has_nothing_to_send(multi_frame_fold
         segment_folder(PhantomPredictor(), multi_frame_folder, settings, lines.append)
     assert segment_folder(PhantomPredictor(), series_folder, settings, lines.append) == 1
     assert "segmented in" in lines[-1] and "DICOM SEG in" in lines[-1]
+
+
+def test_rtstruct_writer_for_dicom_series_that_can_have_one(series_folder, multi_frame_folder, tmp_path):
+    from medseg.io.rtstruct import read_rtstruct_labels
+
+    case, out = _case(series_folder), tmp_path / "out"
+    out.mkdir()
+    options = InferOptions(rtstruct=True, series_number=20, series_description="nightly")
+    record = segment_case(PhantomPredictor(), case, out, options)
+    assert list(record["outputs"]) == ["label", "dicom_seg", "rtstruct"] == expected_outputs(case, options)
+    assert record["outputs"]["rtstruct"] == f"{case.id}.rt.dcm"
+    rt = pydicom.dcmread(out / record["outputs"]["rtstruct"])
+    assert (rt.Modality, rt.SeriesNumber, rt.SeriesDescription) == ("RTSTRUCT", 21, "nightly RTSTRUCT")
+    assert [roi.ROIName for roi in rt.StructureSetROISequence] == ["organ", "lesion"]
+    label = read_volume(out / record["outputs"]["label"], label=True).array
+    back = read_rtstruct_labels(out / record["outputs"]["rtstruct"], case.series.files)
+    assert 2 * ((back == 1) & (label == 1)).sum() / ((back == 1).sum() + (label == 1).sum()) > 0.8
+    multi = segment_case(PhantomPredictor(), _case(multi_frame_folder), out, options)
+    assert multi["warnings"] == [f"no DICOM SEG written: {MULTI_FRAME}", f"no RTSTRUCT written: {MULTI_FRAME}"]

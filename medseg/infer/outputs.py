@@ -119,7 +119,24 @@ class DicomSeg(DicomWriter):
                                series_number=options.series_number, series_description=options.series_description)
 
 
-WRITERS: tuple[Writer, ...] = (LabelMap(), Probabilities(), DicomSeg())
+class RtStruct(DicomWriter):
+    """``<id>.rt.dcm``: an RTSTRUCT with one ROI per model label, the series number after the SEG's
+    (``--rtstruct``)."""
+
+    name, title = "rtstruct", "RTSTRUCT"
+
+    def applies(self, case: InputCase, options: InferOptions) -> bool:
+        return options.rtstruct and case.series is not None
+
+    def write(self, result: Segmented) -> Path:
+        options = result.options
+        return write_rtstruct(result.prediction.label, result.case.series.files, result.foreground,
+                              result.path(".rt.dcm"), algorithm_version=result.model_id, overwrite=True,
+                              series_number=options.series_number + 1,
+                              series_description=f"{options.series_description} RTSTRUCT"[:64])
+
+
+WRITERS: tuple[Writer, ...] = (LabelMap(), Probabilities(), DicomSeg(), RtStruct())
 
 
 def writers_for(case: InputCase, options: InferOptions) -> list[Writer]:
@@ -129,33 +146,18 @@ def writers_for(case: InputCase, options: InferOptions) -> list[Writer]:
 
 def expected_outputs(case: InputCase, options: InferOptions) -> list[str]:
     """Names of the outputs this case is to have and can have, in writing order."""
-    return [writer.name for writer in writers_for(case, options)] + (["rtstruct"] if _rtstruct(case, options) else [])
+    return [writer.name for writer in writers_for(case, options)]
 
 
 def cannot_write(case: InputCase, options: InferOptions) -> list[str]:
     """One line per output that applies to this case but that its input cannot have, with the reason."""
-    lines = [f"no {writer.title} written: {why}" for writer in WRITERS
-             if writer.applies(case, options) and (why := writer.why_not(case))]
-    if options.rtstruct and case.series is not None and case.series.frames:
-        lines.append("no RTSTRUCT written: enhanced multi-frame sources are not supported yet")
-    return lines
+    return [f"no {writer.title} written: {why}" for writer in WRITERS
+            if writer.applies(case, options) and (why := writer.why_not(case))]
 
 
 def write_outputs(result: Segmented) -> dict[str, str]:
-    """Write every output of :func:`expected_outputs`; their file names (relative to the output folder) by name."""
-    names = {writer.name: writer.write(result).name for writer in writers_for(result.case, result.options)}
-    if _rtstruct(result.case, result.options):
-        options = result.options
-        names["rtstruct"] = write_rtstruct(
-            result.prediction.label, result.case.series.files, result.foreground, result.path(".rt.dcm"),
-            algorithm_version=result.model_id, overwrite=True, series_number=options.series_number + 1,
-            series_description=f"{options.series_description} RTSTRUCT"[:64]).name
-    return names
-
-
-def _rtstruct(case: InputCase, options: InferOptions) -> bool:
-    """Whether the case gets an RTSTRUCT: written here as before until it is one of the writers."""
-    return options.rtstruct and case.series is not None and not case.series.frames
+    """Write every output of :func:`writers_for`; their file names (relative to the output folder) by name."""
+    return {writer.name: writer.write(result).name for writer in writers_for(result.case, result.options)}
 
 
 def output_path(out: str | Path, name: str) -> Path:
