@@ -10,11 +10,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from medseg.data.phantom import make_phantom
+from medseg.dicomnet.node import NodeSettings, segment_folder
 from medseg.errors import MedsegError
 from medseg.infer.batch import redo_reason
 from medseg.infer.case import segment_case
 from medseg.infer.inputs import discover
-from medseg.infer.node import NodeSettings, segment_folder
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import WRITERS, expected_outputs
 from medseg.io import read_volume, write_volume

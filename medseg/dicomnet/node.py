@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
-from medseg.infer.dicom_net import Peer, echo_peer, send_files
 from medseg.infer.inputs import SeriesFilter
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import cannot_write, output_path, writers_for
