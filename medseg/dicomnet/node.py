@@ -25,11 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
 from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
-from medseg.infer.inputs import SeriesFilter
+from medseg.infer.case import segment_case
+from medseg.infer.inputs import SeriesFilter, discover
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import cannot_write, output_path, writers_for
+from medseg.infer.predictor import Predictor
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_bytes_atomic
 
 DONE_MARKER = ".medseg-done"
@@ -155,9 +160,6 @@ def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
         MedsegError: when no series is selected (the reasons in one line), one fails to segment or send, or
             one cannot have a DICOM output to send (an enhanced multi-frame series).
     """
-    from medseg.infer.case import segment_case
-    from medseg.infer.inputs import discover
-
     options = InferOptions(overwrite=True, series=settings.series)
     cases, skipped = discover(folder, settings.series)
     if not cases:
@@ -236,11 +238,6 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     Raises:
         MedsegError: when the model cannot be loaded or the port cannot be opened.
     """
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-    from pynetdicom.sop_class import Verification
-
-    from medseg.infer.predictor import Predictor
-
     predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
     make_output_dir(settings.out)
     store = make_output_dir(settings.store_dir)

@@ -16,12 +16,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from medseg.errors import MedsegError, NothingToSegment, UsageError, unexpected
 from medseg.infer.case import segment_case
 from medseg.infer.inputs import InputCase, discover
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import expected_outputs, output_path, read_case_json
+from medseg.infer.predictor import Predictor
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_csv_atomic, write_text_atomic
+from medseg.model.distributed import setup, shutdown
 
 __all__ = ["STATUSES", "InferOptions", "NothingToSegment", "run_batch", "segment_case"]
 
@@ -45,11 +49,6 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
         NothingToSegment: when the input holds nothing to segment.
         MedsegError: when the output folder or the model cannot be used (before any case is touched).
     """
-    from tqdm import tqdm
-
-    from medseg.infer.predictor import Predictor
-    from medseg.model.distributed import setup, shutdown
-
     options = options or InferOptions()
     start = time.perf_counter()
     out = make_output_dir(out_dir)  # a mistyped output path fails before any work

@@ -19,6 +19,8 @@ from medseg.infer.inputs import InputCase
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import Segmented, cannot_write, write_case_json, write_outputs
 from medseg.infer.plausibility import input_flags, result_flags
+from medseg.io.dicom import read_series
+from medseg.preprocess.io import load_image
 
 
 def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -> dict:
@@ -28,9 +30,6 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     Raises:
         MedsegError: when the input was refused or cannot be read, or an output cannot be written.
     """
-    from medseg.io.dicom import read_series
-    from medseg.preprocess.io import load_image
-
     if case.refused:
         raise MedsegError(f"input refused: {case.refused}")
     t0 = time.perf_counter()
