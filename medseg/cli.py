@@ -257,8 +257,8 @@ def infer(
     error, 3 nothing to segment, 4 model invalid."""
     import os
 
+    from medseg.dicomnet.client import parse_peer, send_results
     from medseg.infer.batch import InferOptions, run_batch
-    from medseg.infer.dicom_net import parse_peer, send_results
     from medseg.infer.inputs import SeriesFilter
 
     options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg,
@@ -384,9 +384,9 @@ def serve(
     """Run a DICOM node (C-STORE and C-ECHO): store every received instance, segment each series once it has
     been quiet for --quiet-seconds (the checks and outputs of `medseg infer`), and send its DICOM SEG to
     --send-to. A failing series is logged and the node goes on; SIGTERM or Ctrl-C stops it (exit code 0)."""
-    from medseg.infer.dicom_net import parse_peer
+    from medseg.dicomnet.client import parse_peer
+    from medseg.dicomnet.node import NodeSettings, run_node, stop_on_signals
     from medseg.infer.inputs import SeriesFilter
-    from medseg.infer.node import NodeSettings, run_node, stop_on_signals
 
     settings = NodeSettings(ae_title=ae_title, host=host, port=port, out=out, store=store,
                             send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.config import load_config
 from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.dicomnet.client import Peer, echo_peer, parse_peer, send_files
+from medseg.dicomnet.node import NodeSettings, run_node
 from medseg.errors import MedsegError
-from medseg.infer.dicom_net import Peer, echo_peer, parse_peer, send_files
-from medseg.infer.node import NodeSettings, run_node
 from medseg.io.dicom_write import write_dicom_series
 from medseg.train import train
 

@@ -16,10 +16,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from medseg.errors import MedsegError, NothingToSegment, UsageError, unexpected
-from medseg.infer.case import InferOptions, output_path, segment_case
+from medseg.infer.case import segment_case
 from medseg.infer.inputs import InputCase, discover
+from medseg.infer.options import InferOptions
+from medseg.infer.outputs import expected_outputs, output_path, read_case_json
+from medseg.infer.predictor import Predictor
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_csv_atomic, write_text_atomic
+from medseg.model.distributed import setup, shutdown
 
 __all__ = ["STATUSES", "InferOptions", "NothingToSegment", "run_batch", "segment_case"]
 
@@ -43,11 +49,6 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
         NothingToSegment: when the input holds nothing to segment.
         MedsegError: when the output folder or the model cannot be used (before any case is touched).
     """
-    from tqdm import tqdm
-
-    from medseg.infer.predictor import Predictor
-    from medseg.model.distributed import setup, shutdown
-
     options = options or InferOptions()
     start = time.perf_counter()
     out = make_output_dir(out_dir)  # a mistyped output path fails before any work
@@ -88,7 +89,7 @@ def _run_case(predictor, case: InputCase, out: Path, options: InferOptions, sett
         echo(f"refused: {case.id} ({case.description}): {case.refused}")
         return {"id": case.id, "status": "refused", "reason": case.refused, "model_id": predictor.model_id,
                 **_dicom_uids(case)}
-    previous = _read_record(out / f"{case.id}.json")
+    previous = read_case_json(out / f"{case.id}.json")
     reason = "" if previous is None else redo_reason(previous, predictor.model_id, settings, options, case, out)
     if previous is not None and not reason:
         return _row(previous, "skipped", "done earlier by this model with these settings", options)
@@ -158,17 +159,6 @@ def _csv_row(row: dict) -> dict:
     return flat
 
 
-def _read_record(path: Path) -> dict | None:
-    """The case JSON of an earlier run; ``{}`` when unreadable (so the case is redone), None when absent."""
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def redo_reason(record: dict, model_id: str, settings: dict, options: InferOptions, case: InputCase,
                 out: Path) -> str:
     """Why an earlier result must be redone (empty: it still holds and is skipped)."""
@@ -181,10 +171,7 @@ def redo_reason(record: dict, model_id: str, settings: dict, options: InferOptio
     earlier = record.get("settings") or {}
     if changed := [k for k in settings if earlier.get(k) != settings[k]]:
         return f"settings changed ({', '.join(changed)})"
-    wanted = ["label"] + (["probabilities"] if options.save_probabilities else [])
-    if case.series is not None and not case.series.frames:
-        wanted += (["dicom_seg"] if options.dicom_seg else []) + (["rtstruct"] if options.rtstruct else [])
-    if missing := [k for k in wanted if k not in record["outputs"]]:
+    if missing := [k for k in expected_outputs(case, options) if k not in record["outputs"]]:
         return f"{', '.join(missing)} asked for"
     if any(not output_path(out, p).exists() for p in record["outputs"].values()):
         return "output file missing"

@@ -8,53 +8,28 @@ results back), never patient names, IDs or dates.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.infer.inputs import InputCase, SeriesFilter
+from medseg.infer.inputs import InputCase
+from medseg.infer.options import InferOptions
+from medseg.infer.outputs import Segmented, cannot_write, write_case_json, write_outputs
 from medseg.infer.plausibility import input_flags, result_flags
-from medseg.io.atomic import write_text_atomic
-
-
-@dataclass
-class InferOptions:
-    """Options of a batch run (the CLI maps its flags onto these)."""
-
-    overwrite: bool = False
-    save_probabilities: bool = False
-    dicom_seg: bool = True
-    rtstruct: bool = False
-    series_number: int = 9000  # of the DICOM SEG; the RTSTRUCT takes the next number
-    series_description: str = "medseg"
-    mirror: bool | None = None
-    overlap: float | None = None
-    series: SeriesFilter | None = None
-    shard: tuple[int, int] | None = None  # (index, count): take every count-th case from index
-    fail_on_flags: bool = False
-
-
-def output_path(out: str | Path, name: str) -> Path:
-    """Where an output named in a case JSON lies: names are relative to the output folder (older JSONs
-    held absolute paths, which this also accepts)."""
-    return Path(out) / name
+from medseg.io.dicom import read_series
+from medseg.preprocess.io import load_image
 
 
 def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -> dict:
-    """Read, predict and write one case; ``<id>.json`` is written last, as the done marker.
+    """Read, predict, write every output that applies (:mod:`medseg.infer.outputs`) and then ``<id>.json``,
+    the done marker.
 
     Raises:
         MedsegError: when the input was refused or cannot be read, or an output cannot be written.
     """
-    from medseg.io.dicom import read_series
-    from medseg.io.volume_io import write_volume
-    from medseg.preprocess.io import load_image
-
     if case.refused:
         raise MedsegError(f"input refused: {case.refused}")
     t0 = time.perf_counter()
@@ -66,16 +41,8 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     if label.spatial_shape != volume.spatial_shape or not np.array_equal(label.affine, volume.affine):
         raise MedsegError("internal error: prediction grid differs from the input grid; nothing written")
     t1 = time.perf_counter()
-    outputs = {"label": write_volume(label, out / f"{case.id}.nii.gz", overwrite=True, label=True).name}
-    if prediction.probabilities is not None:
-        probs = volume.with_array(prediction.probabilities.astype(np.float32))
-        outputs["probabilities"] = write_volume(probs, out / f"{case.id}_probabilities.nii.gz", overwrite=True,
-                                                label=False).name
-    warnings = [str(w) for w in volume.meta.get("warnings", [])]
-    if case.series is not None and case.series.frames and (options.dicom_seg or options.rtstruct):
-        warnings.append("no DICOM SEG/RTSTRUCT written: enhanced multi-frame sources are not supported yet")
-    elif case.series is not None:
-        outputs.update(_dicom_outputs(predictor, case, label, out, options))
+    outputs = write_outputs(Segmented(case, volume, prediction, predictor.model_id, predictor.labels, out, options))
+    warnings = [str(w) for w in volume.meta.get("warnings", [])] + cannot_write(case, options)
     flags = input_flags(volume, predictor.plan, predictor.fingerprint)
     flags += result_flags(label, predictor.labels, predictor.fingerprint)
     record = {
@@ -89,28 +56,8 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
         "postprocess": {str(k): v for k, v in prediction.postprocess.items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    write_text_atomic(out / f"{case.id}.json", json.dumps(record, indent=1))
+    write_case_json(out, record)
     return record
-
-
-def _dicom_outputs(predictor, case: InputCase, label, out: Path, options: InferOptions) -> dict[str, str]:
-    names = {k: v for k, v in predictor.labels.items() if k != 0}
-    written = {}
-    if options.dicom_seg:
-        from medseg.io.seg import write_dicom_seg
-
-        written["dicom_seg"] = write_dicom_seg(
-            label, case.series.files, names, out / f"{case.id}.seg.dcm", algorithm_version=predictor.model_id,
-            overwrite=True, series_number=options.series_number,
-            series_description=options.series_description).name
-    if options.rtstruct:
-        from medseg.io.rtstruct import write_rtstruct
-
-        written["rtstruct"] = write_rtstruct(
-            label, case.series.files, names, out / f"{case.id}.rt.dcm", algorithm_version=predictor.model_id,
-            overwrite=True, series_number=options.series_number + 1,
-            series_description=f"{options.series_description} RTSTRUCT"[:64]).name
-    return written
 
 
 def _volumes(label, labels: dict[int, str]) -> dict[str, float]:

@@ -18,8 +18,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.data import load_dataset
 from medseg.data.dataset import channel_tag, is_dataset_folder
 from medseg.errors import MedsegError
+from medseg.io.dicom import scan_dicom
+from medseg.io.naming import safe_token, series_id
 from medseg.io.paths import image_stem, image_suffix
 
 
@@ -144,17 +147,12 @@ def _refuse_shared_ids(cases: list[InputCase], where: Path) -> list[InputCase]:
 
 def _from_dataset(path: Path) -> list[InputCase]:
     """The dataset's test cases when it has any, else every case."""
-    from medseg.data import load_dataset
-
     dataset = load_dataset(path)
     cases = [c for c in dataset.cases if c.split == "test"] or dataset.cases
     return [InputCase(id=c.id, images=list(c.images), description=c.id) for c in cases]
 
 
 def _from_dicom(path: Path, series_filter: SeriesFilter) -> tuple[list[InputCase], list[str]]:
-    from medseg.io.dicom import scan_dicom
-    from medseg.io.naming import safe_token, series_id
-
     scan = scan_dicom(path)
     cases, skipped = [], []
     for series in scan.series:

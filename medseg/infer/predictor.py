@@ -14,7 +14,9 @@ import torch
 
 from medseg.config import RunConfig
 from medseg.errors import MedsegError, ModelError, one_line
+from medseg.model import build_network, network_key
 from medseg.model.device import autocast_dtype, choose_precision, resolve_device
+from medseg.model.folder import combined_id, open_model
 from medseg.model.inference import InferenceSettings, Prediction, component_rules, predict_volume
 from medseg.postprocess import ComponentRule
 from medseg.preprocess.plan import Plan
@@ -47,9 +49,6 @@ class Predictor:
         Every folder's SHA256SUMS is verified and weights are loaded with ``weights_only=True``; a zip is
         extracted safely to a temporary folder that is gone once the model is loaded.
         """
-        from medseg.model import build_network, network_key
-        from medseg.model.folder import combined_id, open_model
-
         dev = resolve_device(device)
         nets, plan, config, fingerprint, chosen = [], None, None, None, []
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.infer.case import output_path
+from medseg.infer.outputs import output_path
 from medseg.io.atomic import write_text_atomic
 from medseg.io.geometry import grid_mismatch
 from medseg.io.volume_io import read_volume

@@ -1,10 +1,16 @@
-"""DICOM networking client helpers (pynetdicom): name a peer, C-ECHO it, C-STORE files to it."""
+"""DICOM networking client (pynetdicom): name a peer, C-ECHO it, C-STORE files to it, and send the DICOM SEGs
+of a `medseg infer` output folder."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pydicom
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from medseg.errors import MedsegError
 
@@ -51,8 +57,6 @@ def echo_peer(peer: Peer, calling_ae: str = "MEDSEG", timeout_s: float = 30.0) -
     Raises:
         MedsegError: when the association is refused or the answer is not success.
     """
-    from pynetdicom.sop_class import Verification
-
     ae = _client(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
     assoc = _associate(ae, peer)
@@ -77,8 +81,6 @@ def send_files(peer: Peer, files: Iterable[str | Path], calling_ae: str = "MEDSE
         MedsegError: when a file is not DICOM, the peer refuses the association or the file's SOP
             class/transfer syntax, or answers a C-STORE with a failure status (naming the first file).
     """
-    import pydicom
-
     files = [Path(f) for f in files]
     if not files:
         return 0
@@ -116,8 +118,6 @@ def send_files(peer: Peer, files: Iterable[str | Path], calling_ae: str = "MEDSE
 
 
 def _client(calling_ae: str, timeout_s: float):
-    from pynetdicom import AE
-
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
@@ -149,8 +149,6 @@ def listed_segs(out_dir: str | Path) -> list[Path]:
     Raises:
         MedsegError: when a case JSON names a SEG that is not there.
     """
-    import json
-
     segs = []
     for path in sorted(Path(out_dir).glob("*.json")):
         try:

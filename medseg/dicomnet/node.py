@@ -4,7 +4,8 @@ A C-STORE receiver (pynetdicom) writes every arriving instance to ``STORE/<hash 
 SeriesInstanceUID>/<hash of its SOPInstanceUID>.dcm`` (atomically, before answering success), so neither
 folder nor file names carry tag text. When a series folder has received nothing for ``quiet_s`` seconds
 it is segmented exactly as `medseg infer` segments a DICOM folder (same series checks, same outputs in the
-output folder) and each DICOM SEG is C-STOREd to the ``send_to`` peer. A failing series is logged in one
+output folder) and its DICOM outputs (the DICOM SEG) are C-STOREd to the ``send_to`` peer; a series that
+cannot have one (an enhanced multi-frame series) is an error line that says why. A failing series is logged in one
 line and the node goes on. Segmentation runs in the calling thread, one series at a time, while the
 receiver keeps accepting instances in its own threads.
 
@@ -24,9 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
-from medseg.infer.dicom_net import Peer, echo_peer, send_files
-from medseg.infer.inputs import SeriesFilter
+from medseg.infer.case import segment_case
+from medseg.infer.inputs import SeriesFilter, discover
+from medseg.infer.options import InferOptions
+from medseg.infer.outputs import cannot_write, output_path, writers_for
+from medseg.infer.predictor import Predictor
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_bytes_atomic
 
 DONE_MARKER = ".medseg-done"
@@ -143,17 +151,15 @@ def unfinished_folders(store: Path) -> list[Path]:
 
 def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> int:
     """Segment every selected series in one store folder, write outputs to ``settings.out`` and send each
-    DICOM SEG to ``settings.send_to``.
+    DICOM output (the writers' with ``dicom`` set: the DICOM SEG) to ``settings.send_to``.
 
     Returns:
         Number of series segmented.
 
     Raises:
-        MedsegError: when no series is selected (the reasons in one line) or one fails to segment or send.
+        MedsegError: when no series is selected (the reasons in one line), one fails to segment or send, or
+            one cannot have a DICOM output to send (an enhanced multi-frame series).
     """
-    from medseg.infer.case import InferOptions, output_path, segment_case
-    from medseg.infer.inputs import discover
-
     options = InferOptions(overwrite=True, series=settings.series)
     cases, skipped = discover(folder, settings.series)
     if not cases:
@@ -165,16 +171,30 @@ def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
             echo(f"error: series {folder.name}: {case.id} ({case.description}) refused: {case.refused}")
             continue
         record = segment_case(predictor, case, settings.out, options)
-        seg = output_path(settings.out, record["outputs"]["dicom_seg"])
-        where = f", SEG in {seg}"
-        if settings.send_to is not None:
-            try:
-                send_files(settings.send_to, [seg], calling_ae=settings.ae_title)
-            except MedsegError as exc:
-                raise MedsegError(f"{case.id} segmented, SEG kept in {seg} but not sent: {exc.problem}") from None
-            where += f", sent to {settings.send_to}"
-        echo(f"series {folder.name}: {case.id} ({case.description}) segmented in {record['seconds']:.1f} s{where}")
+        done = f"{case.id} ({case.description}) segmented in {record['seconds']:.1f} s"
+        echo(f"series {folder.name}: {done}{deliver(case, record, options, settings, done)}")
     return len(cases)
+
+
+def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, done: str) -> str:
+    """Send a segmented case's DICOM outputs to ``settings.send_to`` (when set); the end of its log line.
+
+    Raises:
+        MedsegError: starting with ``done``, when the case's input cannot have a DICOM output (saying why) or
+            it cannot be sent.
+    """
+    files = {writer.title: output_path(settings.out, record["outputs"][writer.name])
+             for writer in writers_for(case, options) if writer.dicom}
+    if not files:
+        raise MedsegError(f"{done} but {'; '.join(cannot_write(case, options))}")
+    where = "".join(f", {title} in {path}" for title, path in files.items())
+    if settings.send_to is None:
+        return where
+    try:
+        send_files(settings.send_to, list(files.values()), calling_ae=settings.ae_title)
+    except MedsegError as exc:
+        raise MedsegError(f"{done}{where}, kept but not sent: {exc.problem}") from None
+    return f"{where}, sent to {settings.send_to}"
 
 
 def process_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> bool:
@@ -218,11 +238,6 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     Raises:
         MedsegError: when the model cannot be loaded or the port cannot be opened.
     """
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-    from pynetdicom.sop_class import Verification
-
-    from medseg.infer.predictor import Predictor
-
     predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
     make_output_dir(settings.out)
     store = make_output_dir(settings.store_dir)
