@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 
 
 @dataclass
@@ -148,7 +148,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise MedsegError(f"cannot read config ({' '.join(str(exc).split())[:200]})", path) from None
+            raise MedsegError(f"cannot read config ({one_line(exc)})", path) from None
         if not isinstance(data, dict):
             raise MedsegError("config must be a mapping of sections", path)
     for item in overrides or []:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from medseg.data.dataset import Case, Dataset
 from medseg.errors import MedsegError
 from medseg.io.geometry import grid_mismatch
-from medseg.io.volume_io import read_volume
+from medseg.io.volume_io import non_finite_warning, read_volume
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,12 @@ def check_case(case: Case, dataset: Dataset) -> tuple[list[Problem], set[int]]:
             err(exc.problem, path)
             continue
         channels += image.num_channels
-        for text in image.meta.get("warnings", []):
-            err(text, path, "warning")
         bad = int((~np.isfinite(image.array)).sum())
+        for text in image.meta.get("warnings", []):
+            if text != non_finite_warning(bad):  # reported once, below, as the error it is for training data
+                err(text, path, "warning")
         if bad:
-            err(f"{bad} NaN or infinite voxel(s)", path)
+            err(f"{bad} NaN or infinite voxel(s): training data must be finite", path)
         if reference is None:
             reference = image
         elif mismatch := grid_mismatch(reference.spatial_shape, reference.affine, image.spatial_shape, image.affine):

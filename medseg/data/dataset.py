@@ -69,7 +69,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from medseg.errors import MedsegError
+import yaml
+
+from medseg.errors import MedsegError, one_line
 from medseg.io.paths import image_stem, image_suffix
 
 MANIFEST_NAMES = ("medseg.yaml", "medseg.yml", "medseg.json", "manifest.yaml", "manifest.yml")
@@ -235,17 +237,18 @@ def _load_description(kind: str, data: dict, desc: Path) -> Dataset:
     return _load_datalist(data, desc)
 
 
-def _read_structured(path: Path) -> dict:
+def read_json(path: Path):
+    """A JSON (or, by suffix, YAML) file's content; a one-line MedsegError naming the file when it cannot be
+    read or parsed."""
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        return yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
     except Exception as exc:
-        raise MedsegError(f"cannot parse ({' '.join(str(exc).split())[:200]})", path) from None
+        raise MedsegError(f"cannot parse ({one_line(exc)})", path) from None
+
+
+def _read_structured(path: Path) -> dict:
+    data = read_json(path)
     if not isinstance(data, dict):
         raise MedsegError("expected a mapping at the top level", path)
     return data
@@ -421,10 +424,7 @@ def _read_annotated_file(root: Path) -> dict[str, tuple[int, ...]] | None:
     path = root / ANNOTATED_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except Exception as exc:
-        raise MedsegError(f"cannot parse ({' '.join(str(exc).split())[:200]})", path) from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise MedsegError('expected {"case id": [label values], ...}', path)
     return {str(k): _annotated(v, path, f"case '{k}'") for k, v in data.items()}
@@ -460,10 +460,7 @@ def _read_splits_file(root: Path) -> list[dict[str, list[str]]] | None:
     path = root / SPLITS_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except Exception as exc:
-        raise MedsegError(f"cannot parse ({' '.join(str(exc).split())[:200]})", path) from None
+    data = read_json(path)
     shape_ok = isinstance(data, list) and data and all(
         isinstance(f, dict) and set(f) == {"train", "val"} and all(isinstance(f[k], list) for k in f) for f in data)
     if not shape_ok:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 
 _SIDES = {"l": "L", "lt": "L", "left": "L", "r": "R", "rt": "R", "right": "R"}
 _CAMEL = (re.compile(r"([a-z0-9])([A-Z])"), re.compile(r"([A-Z])([A-Z][a-z])"))
@@ -137,7 +137,7 @@ def load_mapping(path: str | Path) -> LabelMapping:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise MedsegError(f"cannot read the label mapping ({' '.join(str(exc).split())[:150]})", path) from exc
+        raise MedsegError(f"cannot read the label mapping ({one_line(exc, 150)})", path) from exc
     if not isinstance(data, dict) or set(data) != {"labels"} or not isinstance(data["labels"], dict) \
             or not data["labels"]:
         raise MedsegError("a label mapping holds one key, labels: {label name: [accepted ROI names]}", path)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.errors import one_line
+
 # Files with these endings are never opened as DICOM (a forced parse of a large .nii.gz is slow).
 NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".json", ".yaml", ".yml", ".txt",
                       ".csv", ".md", ".png", ".jpg", ".jpeg", ".pdf", ".xml", ".zip", ".gz", ".npz", ".npy", ".pt",
@@ -142,7 +144,7 @@ def classify(path: Path, ds) -> FileInfo:
         if not info.reason:
             info.reason = _slice_geometry(info, ds)
     except Exception as exc:  # malformed values pydicom cannot even convert
-        info.reason = f"malformed header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        info.reason = f"malformed header ({type(exc).__name__}: {one_line(exc, 120)})"
     if not info.reason:
         info.kind = "slice"
     return info

@@ -43,13 +43,17 @@ def read_volume(path: str | Path, label: bool = False) -> Volume:
                       path)
 
 
+def non_finite_warning(count: int) -> str:
+    """The reader's warning for ``count`` NaN or infinite voxels (``medseg check`` reports them as an error)."""
+    return f"{count} NaN or infinite voxel(s); segmentation treats them as the image's lowest finite value"
+
+
 def _warn_non_finite(volume: Volume) -> Volume:
     """Record (and log) NaN or infinite voxels: preprocessing replaces them by the lowest finite value."""
     if volume.array.dtype.kind == "f":
         bad = int(volume.array.size - np.count_nonzero(np.isfinite(volume.array)))
         if bad:
-            text = (f"{bad} NaN or infinite voxel(s); segmentation treats them as the image's lowest finite "
-                    "value")
+            text = non_finite_warning(bad)
             volume.meta.setdefault("warnings", []).append(text)
             log.warning("%s: %s", volume.meta.get("source", "image"), text)
     return volume
