@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from medseg.errors import MedsegError, one_line
+from medseg.io.atomic import write_text_atomic
+from medseg.postprocess.components import ComponentRule
 
 
 @dataclass
@@ -101,9 +103,7 @@ def check_rules(rules: dict | None, where: str = "config") -> dict[int, dict]:
     Raises:
         MedsegError: naming the label and the problem (unknown mode or key, bad value), with allowed values.
     """
-    from dataclasses import asdict
 
-    from medseg.postprocess.components import ComponentRule
 
     if not isinstance(rules or {}, dict):
         raise MedsegError(f"{where}: postprocess.rules must map label values to rules, got {rules!r}")
@@ -241,7 +241,6 @@ def _coerce(value: Any, default: Any, name: str, where: str) -> Any:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    from medseg.io.atomic import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -7,9 +7,21 @@ evaluate -> QA report.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from medseg.config import load_config
+from medseg.data import check_dataset, load_dataset
+from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.errors import MedsegError
+from medseg.infer.batch import InferOptions, run_batch
+from medseg.io import write_volume
+from medseg.io.dicom_write import write_dicom_series
+from medseg.metrics.evaluate import evaluate_folder, markdown_table
+from medseg.qa.report import build_report
+from medseg.train import train
 
 DEMO_SETTINGS = ["model.base_filters=16", "model.max_filters=64", "train.iterations_per_epoch=25",
                  "train.patch_size=[48, 48, 16]", "train.batch_size=2", "train.lr=0.01", "train.num_workers=0",
@@ -20,15 +32,6 @@ DEMO_SETTINGS = ["model.base_filters=16", "model.max_filters=64", "train.iterati
 def run_demo(out_dir: str | Path, echo: Callable[[str], None] = print, cases: int = 10, test_cases: int = 3,
              epochs: int = 12) -> dict:
     """Run the whole pipeline on phantoms under ``out_dir``; returns paths and the test Dice."""
-    from medseg.config import load_config
-    from medseg.data import check_dataset, load_dataset
-    from medseg.data.phantom import make_phantom, write_phantom_dataset
-    from medseg.infer.batch import InferOptions, run_batch
-    from medseg.io import write_volume
-    from medseg.io.dicom_write import write_dicom_series
-    from medseg.metrics.evaluate import evaluate_folder, markdown_table
-    from medseg.qa.report import build_report
-    from medseg.train import train
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -70,9 +73,7 @@ def run_demo(out_dir: str | Path, echo: Callable[[str], None] = print, cases: in
 def _clear_previous_demo(out: Path, echo) -> None:
     """Make ``out`` ready: remove an earlier demo's files (marked by ``.medseg-demo``), refuse any other
     non-empty folder."""
-    import shutil
 
-    from medseg.errors import MedsegError
 
     marker = out / ".medseg-demo"
     if out.exists() and any(out.iterdir()) and not marker.exists():

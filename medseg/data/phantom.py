@@ -7,10 +7,12 @@ content is simple enough that a model learns it in minutes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from medseg.io.volume_io import write_volume
 from medseg.types import Volume
 
 PHANTOM_LABELS = {0: "background", 1: "organ", 2: "lesion"}
@@ -73,9 +75,7 @@ def write_phantom_dataset(folder: str | Path, cases: int = 8, seed: int = 0, **k
     Returns:
         The dataset folder.
     """
-    import json
 
-    from medseg.io.volume_io import write_volume
 
     folder = Path(folder)
     training = []

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from medseg.errors import MedsegError, one_line
 
 _SIDES = {"l": "L", "lt": "L", "left": "L", "r": "R", "rt": "R", "right": "R"}
@@ -131,7 +133,6 @@ def load_mapping(path: str | Path) -> LabelMapping:
     Raises:
         MedsegError: naming the file when it is not a mapping of this form.
     """
-    import yaml
 
     path = Path(path)
     try:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 from medseg.data.dataset import Dataset, is_dataset_folder, load_dataset
 from medseg.data.dicom_export import ExportCase, ExportScan, import_export, scan_export
 from medseg.data.roi_names import LabelMapping, default_mapping, load_mapping, mapping_for
@@ -78,7 +80,6 @@ def materialise(path: str | Path, work_dir: str | Path, labels: str | Path | Non
 
 
 def _write_manifest(dataset: Dataset, target: Path) -> None:
-    import yaml
 
     cases = [{k: v for k, v in {"id": c.id, "images": [str(p.resolve()) for p in c.images],
                                 "label": str(c.label.resolve()) if c.label else None, "fold": c.fold,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,8 +99,6 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_csv_atomic(path: str | Path, rows: list[dict], overwrite: bool = True) -> None:
     """Write dict rows as CSV (columns: union of keys, in first-seen order) atomically."""
-    import csv
-    import io
 
     fields: list[str] = []
     for row in rows:
@@ -115,7 +116,6 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = 600.0) ->
     Only hidden ``.*.tmp*`` files untouched for ``older_than_s`` seconds go: a file still being written
     (by a parallel shard, say) keeps changing and is left alone. Returns how many were removed.
     """
-    import time
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medseg.io.atomic import atomic_path
 from medseg.io.geometry import decompose_affine, ras_to_lps
@@ -29,9 +32,6 @@ def write_dicom_series(
     Intensities are stored as int16 with RescaleSlope/Intercept chosen to keep 0.1 precision or
     better over the volume's range. Returns the file paths in slice order.
     """
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
+from skimage.draw import polygon
 
 from medseg.errors import MedsegError, one_line
 from medseg.io.dicom_series import DicomSeries
@@ -59,7 +62,6 @@ def read_label_object(path: str | Path) -> LabelObject:
     Raises:
         MedsegError: when the file is neither, or references no image series.
     """
-    import pydicom
 
     path = Path(path)
     try:
@@ -132,7 +134,6 @@ def structure_masks(obj: LabelObject, series: DicomSeries, numbers: list[int]
 
 
 def _seg_masks(obj: LabelObject, sources: list, numbers: list[int]) -> dict[int, np.ndarray]:
-    import highdicom as hd
 
     seg = hd.seg.segread(obj.path)
     uids = [str(ds.SOPInstanceUID) for ds in sources]
@@ -156,7 +157,6 @@ def _seg_masks(obj: LabelObject, sources: list, numbers: list[int]) -> dict[int,
 
 def _rtstruct_masks(obj: LabelObject, sources: list, step: float, numbers: list[int]
                     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    import pydicom
 
     ds = pydicom.dcmread(obj.path)
     planes = [_plane(s) for s in sources]
@@ -237,7 +237,6 @@ def _plane(ds) -> tuple[np.ndarray, np.ndarray]:
 
 def _interior(index: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Pixels whose centre is inside the polygon ``index`` ((2, n) column, row)."""
-    from skimage.draw import polygon
 
     out = np.zeros(shape, dtype=bool)
     out[polygon(index[0], index[1], shape=shape)] = True

@@ -14,7 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.uid import generate_uid
 from scipy.ndimage import find_objects
+from skimage.draw import polygon
+from skimage.measure import approximate_polygon, find_contours
 
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path
@@ -137,8 +142,6 @@ def _plane(ds) -> tuple[np.ndarray, np.ndarray]:
 
 def _header(first, series_number: int, series_description: str):
     """The new object's patient, study, series, equipment, structure set and SOP common attributes."""
-    import pydicom
-    from pydicom.uid import generate_uid
 
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -169,7 +172,6 @@ def _header(first, series_number: int, series_description: str):
 
 def _frame_reference(sources: list):
     """ReferencedFrameOfReferenceSequence item: frame of reference -> study -> series -> every image."""
-    import pydicom
 
     images = [_image_reference(ds) for ds in sources]
     series = pydicom.Dataset()
@@ -186,7 +188,6 @@ def _frame_reference(sources: list):
 
 
 def _image_reference(ds):
-    import pydicom
 
     item = pydicom.Dataset()
     item.ReferencedSOPClassUID = ds.SOPClassUID
@@ -198,8 +199,6 @@ def _label_contours(array: np.ndarray, value: int, box: tuple[slice, ...] | None
                     sources: list) -> list:
     """ContourSequence items of label ``value`` in ``array`` ``(X, Y, Z)``: its 0.5 iso-lines slice by slice,
     in LPS mm. ``box`` is the label's bounding box (None when absent), so only that part is traced."""
-    import pydicom
-    from skimage.measure import approximate_polygon, find_contours
 
     if box is None:
         return []
@@ -228,7 +227,6 @@ def _decimal_strings(values: np.ndarray):
     Built as raw bytes: letting pydicom parse and validate each of the many thousands of numbers took
     most of a large structure set's writing time.
     """
-    from pydicom.dataelem import RawDataElement
 
     text = "\\".join(f"{v:.4f}" for v in values).encode("ascii")
     text += b" " * (len(text) % 2)  # values have even length, DS pads with a space
@@ -236,7 +234,6 @@ def _decimal_strings(values: np.ndarray):
 
 
 def _roi_contour(value: int, concept: SegmentConcept, contours: list):
-    import pydicom
 
     item = pydicom.Dataset()
     item.ROIDisplayColor = list(concept.color)
@@ -247,7 +244,6 @@ def _roi_contour(value: int, concept: SegmentConcept, contours: list):
 
 
 def _structure_set_roi(value: int, name: str, frame_uid: str, algorithm_version: str):
-    import pydicom
 
     item = pydicom.Dataset()
     item.ROINumber = value
@@ -259,7 +255,6 @@ def _structure_set_roi(value: int, name: str, frame_uid: str, algorithm_version:
 
 
 def _observation(value: int, concept: SegmentConcept):
-    import pydicom
 
     item = pydicom.Dataset()
     item.ObservationNumber = value
@@ -284,8 +279,6 @@ def read_rtstruct_labels(path: str | Path, source_files: Sequence[str | Path]) -
         MedsegError: when the file is no RTSTRUCT of this series' frame of reference, or a contour lies off
             every slice.
     """
-    import pydicom
-    from skimage.draw import polygon
 
     path = Path(path)
     ds = pydicom.dcmread(path)

@@ -6,7 +6,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path
@@ -40,8 +44,6 @@ def write_dicom_seg(label: Volume, source_files: list[str | Path], label_names: 
     segment list is the model's, whatever this case contains. Each segment carries SNOMED CT category and
     type codes (laterality as a type modifier) and a RecommendedDisplayCIELabValue.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     if not np.issubdtype(np.asarray(label.array).dtype, np.integer):
         raise MedsegError(f"label map must hold integers, not {label.array.dtype}", path)
@@ -77,7 +79,6 @@ def write_dicom_seg(label: Volume, source_files: list[str | Path], label_names: 
 
 def _segment_description(number: int, name: str, concept: SegmentConcept, algorithm):
     """One SegmentSequence item: label, coded category/type (+ laterality modifier, region) and colour."""
-    import highdicom as hd
 
     description = hd.seg.SegmentDescription(
         segment_number=number, segment_label=name[:64], segmented_property_category=concept.category,
@@ -125,7 +126,6 @@ def read_source_headers(source_files: Sequence[str | Path], path: str | Path) ->
         MedsegError: when a slice has no SOPInstanceUID or SOPClassUID even in its file meta, or the slices do
             not share one study, series and frame of reference.
     """
-    import pydicom
 
     sources = [_with_type2_defaults(pydicom.dcmread(file, stop_before_pixels=True)) for file in source_files]
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
@@ -150,8 +150,6 @@ def read_source_headers(source_files: Sequence[str | Path], path: str | Path) ->
 
 def _fill_series_uid(sources: list, keyword: str) -> None:
     """Give slices with an empty ``keyword`` the other slices' value, or a UID derived from the series."""
-    import pydicom
-    from pydicom.uid import generate_uid
 
     present = {str(ds.get(keyword)) for ds in sources if ds.get(keyword)}
     if len(present) > 1 or all(ds.get(keyword) for ds in sources):
@@ -168,7 +166,6 @@ def _fill_series_uid(sources: list, keyword: str) -> None:
 
 def read_dicom_seg_labels(path: str | Path, source_files: list[str | Path]) -> np.ndarray:
     """Label map ``(X, Y, Z)`` (segment numbers) from a SEG, in ``source_files``' slice order."""
-    import highdicom as hd
 
     seg = hd.seg.segread(path)
     uids = [str(ds.SOPInstanceUID) for ds in read_source_headers(source_files, path)]

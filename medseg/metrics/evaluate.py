@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data import load_dataset
+from medseg.data.dataset import is_dataset_folder
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_csv_atomic, write_text_atomic
 from medseg.io.geometry import grid_mismatch
@@ -102,11 +104,9 @@ def ground_truth(gt: Path) -> tuple[dict[str, Path], dict[int, str] | None, dict
     any (nnU-Net ``labelsTs``, also without ``imagesTs``; datalist ``testing`` entries with a label), else
     every labelled case, so that the cases `medseg infer` segmented from it are the ones scored.
     """
-    from medseg.data.dataset import is_dataset_folder
 
     if gt.is_dir() and not is_dataset_folder(gt):
         return _label_files(gt), None, {}
-    from medseg.data import load_dataset
 
     dataset = load_dataset(gt)
     truths = {c.id: c.label for c in dataset.cases if c.split == "test" and c.label is not None}

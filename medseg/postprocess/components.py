@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import cc3d
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 
 from medseg.errors import MedsegError
 
@@ -64,7 +66,6 @@ class ComponentRule:
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """26-connected components of a boolean mask: ``(labels, sizes)``; ``sizes[0]`` is background."""
-    import cc3d
 
     labels = cc3d.connected_components(mask.astype(np.uint8, copy=False), connectivity=26)
     return labels, np.bincount(labels.ravel())
@@ -104,7 +105,6 @@ def clean_label(label_map: np.ndarray, value: int, rule: ComponentRule, voxel_mm
 
 def _holes(mask: np.ndarray) -> np.ndarray:
     """Background voxels not connected to the border of the mask's bounding box (padded by 1)."""
-    from scipy.ndimage import binary_fill_holes
 
     return binary_fill_holes(mask) & ~mask
 

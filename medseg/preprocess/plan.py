@@ -15,6 +15,7 @@ import numpy as np
 
 from medseg.config import RunConfig
 from medseg.errors import MedsegError
+from medseg.io.atomic import write_text_atomic
 from medseg.preprocess.normalize import channel_scheme
 from medseg.preprocess.resample import needs_separate_z
 
@@ -78,7 +79,6 @@ class Plan:
         return json.dumps(asdict(self), indent=1)
 
     def write(self, path: str | Path) -> None:
-        from medseg.io.atomic import write_text_atomic
 
         write_text_atomic(path, self.to_json())
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import to_rgb
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from medseg.preprocess.orientation import canonical_ornt, reorient_array, reoriented_affine
 from medseg.qa.errors import centroid, error_masks, largest_error
@@ -115,7 +120,6 @@ def planes_through(image_ras: np.ndarray, label_ras: np.ndarray, spacing_ras, po
 
 def label_rgba(label2d: np.ndarray, colors: dict[int, str], alpha: float) -> np.ndarray:
     """``(rows, columns, 4)`` overlay: each label value in its colour at opacity ``alpha``."""
-    from matplotlib.colors import to_rgb
 
     rgba = np.zeros((*label2d.shape, 4))
     for value, color in colors.items():
@@ -177,8 +181,6 @@ def comparison_figure(image: np.ndarray, prediction: np.ndarray, truth: np.ndarr
         grid: The grid's 4x4 RAS affine; 3 voxel sizes (mm) are taken as an RAS-stored grid.
         labels: Label value -> name.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     (image_ras, pred_ras, truth_ras), spacing = to_display_orientation([image, prediction, truth], grid)
     focus = largest_error(pred_ras, truth_ras, spacing)
@@ -223,7 +225,6 @@ def uncertainty_figure(image: np.ndarray, uncertainty: np.ndarray, prediction: n
         grid: The grid's 4x4 RAS affine; 3 voxel sizes (mm) are taken as an RAS-stored grid.
         measure: What ``uncertainty`` is, for the colour bar.
     """
-    from matplotlib.lines import Line2D
 
     (image_ras, unc_ras, pred_ras), spacing = to_display_orientation([image, uncertainty, prediction], grid)
     point, level = most_uncertain_point(unc_ras, spacing)
@@ -275,7 +276,6 @@ def draw_contours(ax, label2d: np.ndarray, colors: dict[int, str], linewidth: fl
 
 def label_handles(names: dict[int, str], colors: dict[int, str], planes: list[np.ndarray]) -> list:
     """Legend entries for the labels that appear on any of ``planes``."""
-    from matplotlib.patches import Patch
 
     visible = {int(v) for plane in planes for v in np.unique(plane)}
     return [Patch(color=colors[v], label=names[v]) for v in sorted(names) if v in visible]
@@ -284,7 +284,6 @@ def label_handles(names: dict[int, str], colors: dict[int, str], planes: list[np
 def outside_legend(ax, handles: list, below: bool = False) -> None:
     """A legend to the right of ``ax`` (or below it), dark like the images so that light lines show, in as
     many columns as keep it within the height of ``ax``."""
-    import math
 
     anchor = (0.0, -0.02) if below else (1.02, 1.0)
     height_in = ax.get_position().height * ax.figure.get_figheight()
@@ -295,7 +294,6 @@ def outside_legend(ax, handles: list, below: bool = False) -> None:
 
 def plane_grid(planes: list[DisplayPlane], rows: int, width: float):
     """Figure and ``(rows, 3)`` axes, three equal columns, rows as tall as the tallest plane needs."""
-    import matplotlib.pyplot as plt
 
     tallest = max(v.image.shape[0] * v.aspect / v.image.shape[1] for v in planes)  # height / width in mm
     row_height = min(max(0.26 * width * tallest, 1.5), 5.0)
@@ -304,7 +302,6 @@ def plane_grid(planes: list[DisplayPlane], rows: int, width: float):
 
 def figure_png_base64(fig) -> str:
     """PNG of a figure as base64 text (for self-contained HTML); closes the figure."""
-    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")

@@ -8,6 +8,7 @@ Case ids and model ids are shown, never file paths, patient names or IDs.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from collections.abc import Callable
@@ -17,11 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.infer.inputs import discover
 from medseg.infer.outputs import output_path
 from medseg.io.atomic import write_text_atomic
+from medseg.io.dicom import read_series
 from medseg.io.geometry import grid_mismatch
 from medseg.io.volume_io import read_volume
-from medseg.metrics.evaluate import ground_truth
+from medseg.metrics.evaluate import evaluate_case, ground_truth
+from medseg.preprocess.io import load_image
 from medseg.qa.figures import comparison_figure, figure_png_base64, overlay_figure, uncertainty_figure
 from medseg.qa.flags import case_flags
 from medseg.qa.uncertainty import normalised_entropy
@@ -57,15 +61,12 @@ def load_result_image(record: dict) -> Volume:
     """The input image of an inference record (a file, or the DICOM series the id names)."""
     source = Path(record["input"]["path"])
     if source.is_dir():
-        from medseg.infer.inputs import discover
-        from medseg.io.dicom import read_series
 
         cases, _ = discover(source)
         match = [c for c in cases if c.id == record["id"] and c.series is not None]
         if not match:
             raise MedsegError(f"series of case {record['id']} not found any more", source)
         return read_series(match[0].series)
-    from medseg.preprocess.io import load_image
 
     return load_image([Path(p) for p in record["input"].get("images", [source])])
 
@@ -110,7 +111,6 @@ def review_case(record: dict, gt_label: Path | None = None, training_volumes: di
                 annotated: tuple[int, ...] | None = None) -> CaseReview:
     """Flags, volumes, metrics (when ``gt_label``; only labels the truth contoured, given ``annotated``) and
     pictures for one inference record."""
-    from medseg.metrics.evaluate import evaluate_case
 
     case = load_result(record, gt_label)
     label, names = case.label, case.names
@@ -190,7 +190,6 @@ def _training_curves(records: list[dict]) -> dict[str, str]:
 
     A folder of fold folders contributes each fold's curve; a ``.zip`` model has none.
     """
-    import base64
 
     curves = {}
     for record in records:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 # Side (mm) of the box over which uncertainty is averaged to find the most uncertain region, so that a
 # region, not a single noisy voxel, is shown.
@@ -39,7 +40,6 @@ def most_uncertain_point(uncertainty: np.ndarray, spacing) -> tuple[tuple[int, i
     Returns:
         Voxel indices of the box centre and the box's mean uncertainty.
     """
-    from scipy.ndimage import uniform_filter
 
     size = [max(1, int(round(REGION_MM / float(s)))) for s in spacing]
     smooth = uniform_filter(uncertainty.astype(np.float32), size=size, mode="constant")
