@@ -157,8 +157,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         plan, data = prepare(config, args.cases, tmp)
-        choice = choose_precision(args.precision, device, lambda: build_network(plan, config.model.__dict__),
-                                  (plan.batch_size, plan.in_channels, *plan.patch_size), key=network_key(plan))
+        choice = choose_precision(args.precision, device, lambda: build_network(plan, config.model),
+                                  (plan.batch_size, plan.in_channels, *plan.patch_size),
+                                  key=network_key(plan, config.model))
         dtype = autocast_dtype(choice.precision) or torch.float32
         amp = None if dtype == torch.float32 else dtype
         print(f"{name}, torch {torch.__version__}, precision {args.precision} -> {choice.precision} ({choice.reason})",

@@ -4,6 +4,8 @@ import pytest
 import torch
 from monai.networks.nets import DynUNet
 
+from medseg.config import ModelConfig
+from medseg.errors import MedsegError
 from medseg.model import build_network
 from medseg.preprocess.plan import Plan
 
@@ -22,7 +24,7 @@ def _monai(norm_name):
     ("instance", "instance"),  # no learned scale/shift: models trained before instance_affine keep loading
 ])
 def test_norm_choice_builds_monais_network(norm, reference):
-    ours = build_network(Plan(**PLAN), {"norm": norm, "deep_supervision_levels": 1})
+    ours = build_network(Plan(**PLAN), ModelConfig(norm=norm, deep_supervision_levels=1))
     theirs = _monai(reference)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     theirs.load_state_dict(ours.state_dict())
@@ -32,3 +34,23 @@ def test_norm_choice_builds_monais_network(norm, reference):
         assert torch.allclose(ours(x), theirs(x))
     affine = [m.affine for m in ours.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
     assert affine and all(affine) == (norm == "instance_affine")
+
+
+def test_registry_names_the_networks_and_refuses_others():
+    from medseg.model.networks import NETWORKS, network_entry
+
+    assert "dynunet" in NETWORKS
+    for entry in NETWORKS.values():
+        assert set(entry.plan_fields) <= set(Plan.__dataclass_fields__) and entry.memory > 0 and entry.compute > 0
+    with pytest.raises(MedsegError, match=r"'model.name' is 'unet' \(allowed: dynunet"):
+        network_entry("unet")
+    with pytest.raises(MedsegError, match=r"'model.name' is 'unet'"):
+        build_network(Plan(**PLAN), ModelConfig(name="unet"))
+
+
+def test_network_key_tells_norms_and_networks_apart():
+    from medseg.model import network_key
+
+    plan = Plan(**PLAN)
+    keys = {network_key(plan, ModelConfig(norm=norm)) for norm in ("instance", "instance_affine")}
+    assert len(keys) == 2 and network_key(plan, ModelConfig()) == network_key(plan, ModelConfig())

@@ -78,7 +78,7 @@ class Predictor:
             raise ModelError(f"weights do not fit the planned network ({one_line(exc)})", model_dir) from None
         wanted = precision if precision != "auto" else config.train.precision
         chosen = choose_precision(wanted, dev, lambda: build_network(plan, config.model.__dict__),
-                                  (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
+                                  (1, plan.in_channels, *plan.patch_size), key=network_key(plan, config.model))
         dtype = autocast_dtype(chosen.precision)
         predictor = cls(nets, plan, config, dev, dtype, model_id, chosen_rules)
         predictor.model_dir = Path(model_dir)

@@ -32,6 +32,7 @@ from pathlib import Path
 from medseg.config import RunConfig, config_from_dict
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, current_umask, write_text_atomic
+from medseg.model.networks import network_entry
 from medseg.preprocess.plan import Plan
 
 CONFIG, PLAN, WEIGHTS, LABELS, VERSIONS = "config.yaml", "plan.json", "weights.pt", "labels.json", "versions.json"
@@ -137,10 +138,13 @@ class ModelFolder:
         return Plan.read(self.path / PLAN)
 
     def load_config(self) -> RunConfig:
-        """The resolved run config (validated: unknown keys and bad post-processing rules are errors)."""
+        """The resolved run config (validated: unknown keys, bad post-processing rules and a network the
+        registry does not hold are errors)."""
         import yaml
 
-        return config_from_dict(yaml.safe_load((self.path / CONFIG).read_text()) or {}, str(self.path / CONFIG))
+        config = config_from_dict(yaml.safe_load((self.path / CONFIG).read_text()) or {}, str(self.path / CONFIG))
+        network_entry(config.model.name, self.path / CONFIG)
+        return config
 
     def load_weights(self) -> dict:
         """The network's state dict, loaded with ``weights_only=True`` (a model file never runs code)."""

@@ -28,6 +28,7 @@ from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_te
 from medseg.model.distributed import Context
 from medseg.model.folder import ModelFolder
 from medseg.model.inference import InferenceSettings, component_rules
+from medseg.model.networks import network_entry
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.progress_plot import update_progress_png
@@ -68,6 +69,7 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
         import yaml
 
         config = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), str(out / "config.yaml"))
+    network_entry(config.model.name)  # an unknown network is refused before any work
     tc = config.train
     if tc.threads:
         torch.set_num_threads(int(tc.threads))
@@ -122,8 +124,8 @@ def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
     chosen = None
     if ctx.main:
         shape = (plan.batch_size, plan.in_channels, *plan.patch_size)  # batch 1 is launch-bound on a GPU
-        choice = choose_precision(config.train.precision, dev, lambda: build_network(plan, config.model.__dict__),
-                                  shape, key=network_key(plan))
+        choice = choose_precision(config.train.precision, dev, lambda: build_network(plan, config.model),
+                                  shape, key=network_key(plan, config.model))
         chosen = choice.precision
         echo(f"precision {chosen} ({choice.reason})")
     return autocast_dtype(ctx.broadcast(chosen))
@@ -212,10 +214,10 @@ def tune_postprocess(run_dir, dataset_path, device: str = "auto", echo: Callable
     dev = resolve_device(device)
 
     def make_net() -> torch.nn.Module:
-        return build_network(plan, config.model.__dict__)
+        return build_network(plan, config.model)
 
     choice = choose_precision(config.train.precision, dev, make_net, (1, plan.in_channels, *plan.patch_size),
-                              key=network_key(plan))
+                              key=network_key(plan, config.model))
     result = _final_validation(make_net().to(dev), config, load_validation(dataset, val_ids), plan, folder.path,
                                dev, autocast_dtype(choice.precision), echo)
     folder.reseal()
@@ -246,7 +248,7 @@ def _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume
     from medseg.train.validation import summarise, validate
 
     tc = config.train
-    net = build_network(plan, config.model.__dict__).to(dev)
+    net = build_network(plan, config.model).to(dev)
     optimizer = _optimizer(net, tc)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
     # DiceCE, marginal over each case's uncontoured classes (plain DiceCE when every class is contoured)
