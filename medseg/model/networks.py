@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from monai.networks.nets import DynUNet
 
 from medseg.config import ModelConfig
 from medseg.errors import MedsegError
@@ -43,8 +42,12 @@ class NetworkEntry:
     compute: float = 1.0
 
 
-def _dynunet(plan: Plan, model: ModelConfig, res_block: bool = False) -> DynUNet:
+def _dynunet(plan: Plan, model: ModelConfig, res_block: bool = False) -> torch.nn.Module:
     """MONAI's DynUNet with the planned topology; deep supervision needs more than two levels."""
+    # MONAI is imported when a network is built: medseg.model's package imports this module, and commands such
+    # as `medseg export` need no network (MONAI takes seconds to import).
+    from monai.networks.nets import DynUNet
+
     strides = plan.strides
     deep = model.deep_supervision and len(strides) > 2
     return DynUNet(
