@@ -145,15 +145,13 @@ def main() -> int:
     args = parser.parse_args()
     load = os.getloadavg()[0]
     from medseg.config import load_config
-    from medseg.model import build_network, network_key
-    from medseg.model.device import autocast_dtype, choose_precision
+    from medseg.model.device import autocast_dtype, precision_for
 
     device = torch.device("cpu")
     config = load_config(ROOT / "configs" / "cpu-30min.yaml")
     with tempfile.TemporaryDirectory() as tmp_name:
         plan, data = prepare(config, args.cases, Path(tmp_name))
-    choice = choose_precision(config.train.precision, device, lambda: build_network(plan, config.model),
-                              (1, plan.in_channels, *plan.patch_size), key=network_key(plan, config.model))
+    choice = precision_for(plan, config, device)
     dtype = autocast_dtype(choice.precision)
     loops = {"medseg train_steps": medseg_loop(config, plan, data, device, dtype)[1],
              "plain MONAI loop": monai_loop(config, plan, data, device, dtype)}

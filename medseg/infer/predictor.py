@@ -14,7 +14,7 @@ import torch
 
 from medseg.config import RunConfig
 from medseg.errors import MedsegError, ModelError, one_line
-from medseg.model.device import autocast_dtype, choose_precision, resolve_device
+from medseg.model.device import autocast_dtype, precision_for, resolve_device
 from medseg.model.inference import InferenceSettings, Prediction, component_rules, predict_volume
 from medseg.postprocess import ComponentRule
 from medseg.preprocess.plan import Plan
@@ -47,7 +47,7 @@ class Predictor:
         Every folder's SHA256SUMS is verified and weights are loaded with ``weights_only=True``; a zip is
         extracted safely to a temporary folder that is gone once the model is loaded.
         """
-        from medseg.model import build_network, network_key
+        from medseg.model import build_network
         from medseg.model.folder import combined_id, open_model
 
         dev = resolve_device(device)
@@ -76,10 +76,7 @@ class Predictor:
             raise ModelError(exc.problem, exc.path) from None
         except (RuntimeError, KeyError, ValueError) as exc:  # weights that do not fit the planned network
             raise ModelError(f"weights do not fit the planned network ({one_line(exc)})", model_dir) from None
-        wanted = precision if precision != "auto" else config.train.precision
-        chosen = choose_precision(wanted, dev, lambda: build_network(plan, config.model.__dict__),
-                                  (1, plan.in_channels, *plan.patch_size), key=network_key(plan, config.model))
-        dtype = autocast_dtype(chosen.precision)
+        dtype = autocast_dtype(precision_for(plan, config, dev, precision).precision)
         predictor = cls(nets, plan, config, dev, dtype, model_id, chosen_rules)
         predictor.model_dir = Path(model_dir)
         predictor.fingerprint = fingerprint

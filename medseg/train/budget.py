@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from medseg.config import RunConfig
-from medseg.model.device import autocast_dtype, choose_precision, time_steps
-from medseg.model.networks import build_network, network_entry, network_key
+from medseg.model.device import autocast_dtype, precision_for, time_steps
+from medseg.model.networks import build_network, network_entry
 from medseg.preprocess.plan import MIN_FEATURE_MAP, Plan, make_plan, topology
 
 # Real training steps (AdamW, Dice+CE over deep-supervision heads, augmentation in a worker) over the bare
@@ -187,10 +187,7 @@ def _precision(config: RunConfig, device, ladder) -> str:
     """``train.precision``; ``auto`` is measured on the smallest full-resolution candidate (fast to time)."""
     smallest = [plan for plan, width in ladder if width == config.model.base_filters
                 and plan.target_spacing == ladder[0][0].target_spacing][-1]
-    choice = choose_precision(config.train.precision, device, lambda: build_network(smallest, config.model),
-                              (smallest.batch_size, smallest.in_channels, *smallest.patch_size),
-                              key=network_key(smallest, config.model))
-    return choice.precision
+    return precision_for(smallest, config, device).precision
 
 
 def _step_overhead(config: RunConfig) -> float:

@@ -118,14 +118,11 @@ def _prepare(dataset, config, out: Path, fold: int, echo, dev, seconds_left: flo
 
 def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
     """The autocast dtype: ``train.precision``, where ``auto`` is measured on this machine by rank 0."""
-    from medseg.model import build_network, network_key
-    from medseg.model.device import autocast_dtype, choose_precision
+    from medseg.model.device import autocast_dtype, precision_for
 
     chosen = None
     if ctx.main:
-        shape = (plan.batch_size, plan.in_channels, *plan.patch_size)  # batch 1 is launch-bound on a GPU
-        choice = choose_precision(config.train.precision, dev, lambda: build_network(plan, config.model),
-                                  shape, key=network_key(plan, config.model))
+        choice = precision_for(plan, config, dev)
         chosen = choice.precision
         echo(f"precision {chosen} ({choice.reason})")
     return autocast_dtype(ctx.broadcast(chosen))
@@ -199,8 +196,8 @@ def tune_postprocess(run_dir, dataset_path, device: str = "auto", echo: Callable
     postprocess.json and validation.json rewritten and the folder re-summed. Returns validation.json's content.
     """
     from medseg.data import load_dataset
-    from medseg.model import build_network, network_key
-    from medseg.model.device import autocast_dtype, choose_precision, resolve_device
+    from medseg.model import build_network
+    from medseg.model.device import autocast_dtype, precision_for, resolve_device
     from medseg.train.validation import load_validation
 
     folder = ModelFolder(run_dir)
@@ -213,13 +210,9 @@ def tune_postprocess(run_dir, dataset_path, device: str = "auto", echo: Callable
                           f"{missing[0]}); give the dataset the run was trained on", dataset_path)
     dev = resolve_device(device)
 
-    def make_net() -> torch.nn.Module:
-        return build_network(plan, config.model)
-
-    choice = choose_precision(config.train.precision, dev, make_net, (1, plan.in_channels, *plan.patch_size),
-                              key=network_key(plan, config.model))
-    result = _final_validation(make_net().to(dev), config, load_validation(dataset, val_ids), plan, folder.path,
-                               dev, autocast_dtype(choice.precision), echo)
+    dtype = autocast_dtype(precision_for(plan, config, dev).precision)  # training's final validation's
+    result = _final_validation(build_network(plan, config.model).to(dev), config, load_validation(dataset, val_ids),
+                               plan, folder.path, dev, dtype, echo)
     folder.reseal()
     return result
 
