@@ -54,3 +54,18 @@ def test_network_key_tells_norms_and_networks_apart():
     plan = Plan(**PLAN)
     keys = {network_key(plan, ModelConfig(norm=norm)) for norm in ("instance", "instance_affine")}
     assert len(keys) == 2 and network_key(plan, ModelConfig()) == network_key(plan, ModelConfig())
+
+
+def test_residual_dynunet_is_monais_with_res_blocks():
+    ours = build_network(Plan(**PLAN), ModelConfig(name="dynunet_res", norm="instance_affine",
+                                                   deep_supervision_levels=1))
+    theirs = DynUNet(3, 1, 3, PLAN["kernel_sizes"], PLAN["strides"], PLAN["strides"][1:], filters=PLAN["filters"],
+                     norm_name=("INSTANCE", {"affine": True}), deep_supervision=True, deep_supr_num=1, res_block=True)
+    count = [sum(p.numel() for p in net.parameters()) for net in (ours, theirs)]
+    plain = sum(p.numel() for p in build_network(Plan(**PLAN), ModelConfig(norm="instance_affine")).parameters())
+    assert count[0] == count[1] > plain
+    theirs.load_state_dict(ours.state_dict())
+    ours.eval(), theirs.eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
