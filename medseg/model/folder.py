@@ -37,7 +37,7 @@ from medseg.preprocess.plan import Plan
 
 CONFIG, PLAN, WEIGHTS, LABELS, VERSIONS = "config.yaml", "plan.json", "weights.pt", "labels.json", "versions.json"
 FINGERPRINT, SUMS, POSTPROCESS = "fingerprint.json", "SHA256SUMS", "postprocess.json"
-IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what the model id hashes: any change to them changes the model
+IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what every model has and its id hashes (with postprocess.json)
 INFERENCE_FILES = (*IDENTITY_FILES, LABELS, VERSIONS, POSTPROCESS)
 RUN_FILES = (*INFERENCE_FILES, FINGERPRINT, "splits.json", "validation.json", "log.jsonl")  # checksummed
 SHAREABLE_FINGERPRINT = ("ranges", "median_spacing", "median_shape", "intensity", "label_voxels_median",
@@ -66,12 +66,16 @@ class ModelFolder:
 
     @property
     def model_id(self) -> str:
-        """16 hex digits of a SHA-256 over the digests of weights, plan and config.
+        """16 hex digits of a SHA-256 over the digests of config, plan, weights and, when the folder has one,
+        ``postprocess.json``.
 
-        Two models differ in id whenever any of the three differs, e.g. same config but another seed
-        or another number of epochs.
+        Two models differ in id whenever any of them differs, e.g. same config but another seed or another
+        number of epochs, or post-processing chosen again (``medseg tune-postprocess``) with another result, so
+        results (a DICOM SEG's AlgorithmVersion) change with the id. A folder without ``postprocess.json``
+        (trained before medseg chose post-processing) keeps the id it had.
         """
-        text = "".join(f"{self.digest(name)}  {name}\n" for name in IDENTITY_FILES)
+        names = [*IDENTITY_FILES, *([POSTPROCESS] if (self.path / POSTPROCESS).is_file() else [])]
+        text = "".join(f"{self.digest(name)}  {name}\n" for name in names)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def recorded_sums(self) -> dict[str, str]:
