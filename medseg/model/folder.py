@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -28,6 +29,9 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import torch
+import yaml
 
 from medseg.config import RunConfig, config_from_dict
 from medseg.errors import MedsegError
@@ -113,8 +117,6 @@ class ModelFolder:
     def compatibility_warnings(self) -> list[str]:
         """Why this model may not behave as it did in training: other major versions of torch or MONAI, or
         a plan made before inputs were reoriented to RAS (such a model saw arrays in stored order)."""
-        import importlib.metadata as md
-
         warnings = []
         try:
             trained = json.loads((self.path / VERSIONS).read_text())
@@ -144,22 +146,16 @@ class ModelFolder:
     def load_config(self) -> RunConfig:
         """The resolved run config (validated: unknown keys, bad post-processing rules and a network the
         registry does not hold are errors)."""
-        import yaml
-
         config = config_from_dict(yaml.safe_load((self.path / CONFIG).read_text()) or {}, str(self.path / CONFIG))
         network_entry(config.model.name, self.path / CONFIG)
         return config
 
     def load_weights(self) -> dict:
         """The network's state dict, loaded with ``weights_only=True`` (a model file never runs code)."""
-        import torch
-
         return torch.load(self.path / WEIGHTS, map_location="cpu", weights_only=True)
 
     def seal(self, labels: dict) -> str:
         """End of training: write ``versions.json``, ``labels.json`` and ``SHA256SUMS``; return the model id."""
-        import importlib.metadata as md
-
         versions = {}
         for pkg in VERSIONED_PACKAGES:
             try:
