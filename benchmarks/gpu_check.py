@@ -147,8 +147,7 @@ def main() -> int:
     start = time.perf_counter()
     from medseg.config import load_config
     from medseg.data import load_dataset
-    from medseg.model import build_network, network_key
-    from medseg.model.device import autocast_dtype, choose_precision
+    from medseg.model.device import autocast_dtype, precision_for
     from medseg.train.splits import split_cases
 
     device = torch.device(args.device)
@@ -157,8 +156,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         plan, data = prepare(config, args.cases, tmp)
-        choice = choose_precision(args.precision, device, lambda: build_network(plan, config.model.__dict__),
-                                  (plan.batch_size, plan.in_channels, *plan.patch_size), key=network_key(plan))
+        choice = precision_for(plan, config, device, args.precision)
         dtype = autocast_dtype(choice.precision) or torch.float32
         amp = None if dtype == torch.float32 else dtype
         print(f"{name}, torch {torch.__version__}, precision {args.precision} -> {choice.precision} ({choice.reason})",

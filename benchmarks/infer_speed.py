@@ -10,7 +10,7 @@ Rows:
 - MONAI fp32: `sliding_window_inference(x, patch, 2, net, overlap=0.5, mode="gaussian")` on the
   already-normalised tensor, network only (what a MONAI user writes);
 - medseg infer: the whole path on the NIfTI file: read, preprocess, predict with ``precision="auto"`` (bf16 when
-  :func:`medseg.model.device.choose_precision` measures it faster than fp32 on this machine), resample back,
+  :func:`medseg.model.device.precision_for` measures it faster than fp32 on this machine), resample back,
   post-process, write; three ways, from a cold cache (the benchmark uses its own ``MEDSEG_CACHE_DIR``):
   eager (``MEDSEG_COMPILE=0``), first run (compiles only when the job is large enough to pay for it, see
   :mod:`medseg.model.compiled`) and compiled (after the network was compiled once; that time is printed too:

@@ -59,7 +59,7 @@ def medseg_loop(config, plan, data, device, dtype):
 
     tc = config.train
     torch.manual_seed(tc.seed)
-    net = build_network(plan, config.model.__dict__).to(device)
+    net = build_network(plan, config.model).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     loss_fn = partial(marginal_dice_ce, lambda_dice=tc.dice_weight, lambda_ce=tc.ce_weight)
     images, labels, contoured = data
@@ -86,7 +86,7 @@ def monai_loop(config, plan, data, device, dtype):
     set_track_meta(False)  # plain tensors, as medseg's stream gives: no MetaTensor overhead in the network
     tc = config.train
     torch.manual_seed(tc.seed)
-    net = build_network(plan, config.model.__dict__).to(device)
+    net = build_network(plan, config.model).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     images, labels, _ = data
@@ -145,15 +145,13 @@ def main() -> int:
     args = parser.parse_args()
     load = os.getloadavg()[0]
     from medseg.config import load_config
-    from medseg.model import build_network, network_key
-    from medseg.model.device import autocast_dtype, choose_precision
+    from medseg.model.device import autocast_dtype, precision_for
 
     device = torch.device("cpu")
     config = load_config(ROOT / "configs" / "cpu-30min.yaml")
     with tempfile.TemporaryDirectory() as tmp_name:
         plan, data = prepare(config, args.cases, Path(tmp_name))
-    choice = choose_precision(config.train.precision, device, lambda: build_network(plan, config.model.__dict__),
-                              (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
+    choice = precision_for(plan, config, device)
     dtype = autocast_dtype(choice.precision)
     loops = {"medseg train_steps": medseg_loop(config, plan, data, device, dtype)[1],
              "plain MONAI loop": monai_loop(config, plan, data, device, dtype)}

@@ -178,8 +178,9 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
 
 
 # Settings that take one of a few values, checked when a config loads (allowed values in the message).
+# ``model.name`` is not here: its choices are the network registry's names (medseg.model.networks, a later
+# stage), checked when a run starts or a model folder's config is read.
 CHOICES = {
-    ("model", "name"): ("dynunet",),
     ("model", "norm"): ("instance", "batch", "group", "instance_affine"),
     ("train", "optimizer"): ("adamw", "sgd"),
     ("train", "lr_schedule"): ("poly", "cosine", "constant"),

@@ -134,3 +134,20 @@ def test_models_from_other_versions_or_before_reorientation_warn(run_dir, tmp_pa
     assert any("trained with torch 1.13.1" in w for w in warnings)
     assert any("before medseg reoriented" in w for w in warnings)
     assert ModelFolder(run_dir).compatibility_warnings() == []
+
+
+def test_model_id_covers_postprocess_json_and_keeps_older_ids(tmp_path):
+    """tune-postprocess can rewrite postprocess.json and so change results: the id (AlgorithmVersion of a DICOM
+    SEG) must change with it; a folder without the file (trained before medseg chose rules) keeps its old id."""
+    import hashlib
+
+    for name, text in (("config.yaml", "model: {}\n"), ("plan.json", "{}"), ("weights.pt", "w")):
+        (tmp_path / name).write_text(text)
+    older = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                    for p in (tmp_path / n for n in ("config.yaml", "plan.json", "weights.pt")))
+    assert ModelFolder(tmp_path).model_id == hashlib.sha256(older.encode()).hexdigest()[:16]
+    ModelFolder(tmp_path).write_postprocess({}, {})
+    none_chosen = ModelFolder(tmp_path).model_id
+    ModelFolder(tmp_path).write_postprocess({1: {"mode": "largest", "keep": 1}}, {})
+    ids = {hashlib.sha256(older.encode()).hexdigest()[:16], none_chosen, ModelFolder(tmp_path).model_id}
+    assert len(ids) == 3

@@ -2,12 +2,15 @@
 real measurement of a small DynUNet on this CPU (its figures printed, its outcome consistent with them)."""
 
 import json
+import logging
 
 import pytest
 import torch
 
+from medseg.config import RunConfig, load_config
 from medseg.errors import MedsegError
-from medseg.model.device import MIN_SPEEDUP, check_choice, choose_precision, decide, measure
+from medseg.model.device import MIN_SPEEDUP, check_choice, choose_precision, decide, measure, precision_for
+from medseg.preprocess.plan import Plan
 
 
 def test_faster_trusted_bf16_is_chosen():
@@ -62,3 +65,30 @@ def test_real_measurement_is_consistent_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr("medseg.model.device.measure", never)
     assert choose_precision("auto", device, _small_net, (1, 1, 32, 32, 32), key="small") == first
     assert choose_precision("fp32", device, _small_net, (1, 1, 32, 32, 32)).precision == "fp32"
+
+
+def test_one_decision_per_model_at_its_training_batch_logged_as_info(tmp_path, monkeypatch, caplog):
+    """Training, budget planning, tune-postprocess and inference all call precision_for: one timing at the plan's
+    training batch, cached; the decision is news, not a warning. Another norm is another network."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    plan = Plan(target_spacing=[1.0] * 3, labels={0: "background", 1: "a"}, normalization=[{"scheme": "ct"}],
+                channels={0: "CT"}, patch_size=[32, 32, 32], batch_size=3, strides=[[1, 1, 1], [2, 2, 2]],
+                kernel_sizes=[[3, 3, 3]] * 2, filters=[8, 16])
+    shapes = []
+
+    def fake_measure(device, make_net, shape, budget_s):
+        shapes.append(shape)
+        return decide({"fp32": 1.0, "bf16": 0.5}, {"bf16": 0.01})
+
+    monkeypatch.setattr("medseg.model.device.measure", fake_measure)
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        first = precision_for(plan, RunConfig(), cpu)
+    assert first.precision == "bf16" and shapes == [(3, 1, 32, 32, 32)]
+    decided = [r for r in caplog.records if "precision auto -> bf16" in r.getMessage()]
+    assert decided and all(r.levelno == logging.INFO for r in decided)
+    assert precision_for(plan, RunConfig(), cpu) == first and len(shapes) == 1
+    assert precision_for(plan, RunConfig(), cpu, "fp32").precision == "fp32"
+    assert precision_for(plan, load_config(None, ["train.precision=fp32"]), cpu).precision == "fp32"
+    precision_for(plan, load_config(None, ["model.norm=instance_affine"]), cpu)
+    assert len(shapes) == 2

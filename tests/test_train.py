@@ -51,9 +51,9 @@ def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
 def test_validation_between_epochs_is_skipped_when_it_costs_too_much(phantoms, tmp_path, monkeypatch):
     """With no time to spare for validation (VAL_SHARE 0), only the first epoch (to time it) and the last one
     validate; the epochs between log their loss without scores, and the best weights come from a validated one."""
-    import medseg.train.run as run_module
+    import medseg.train.schedule as schedule
 
-    monkeypatch.setattr(run_module, "VAL_SHARE", 0.0)
+    monkeypatch.setattr(schedule, "VAL_SHARE", 0.0)
     lines = []
     summary = train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=4"]), echo=lines.append)
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -66,9 +66,9 @@ def test_validation_between_epochs_is_skipped_when_it_costs_too_much(phantoms, t
 def test_an_unvalidated_last_epoch_gives_the_final_weights(phantoms, tmp_path, monkeypatch):
     """A budgeted run can stop between validation passes (seen on OpenKBP: validated at epoch 1 of 26 only, the
     final validation then scored epoch 1's weights, Dice 0). The last epoch's weights must be the ones kept."""
-    import medseg.train.run as run_module
+    import medseg.train.schedule as schedule
 
-    monkeypatch.setattr(run_module, "_validate_now", lambda epoch, *_: epoch == 1)
+    monkeypatch.setattr(schedule, "validate_now", lambda epoch, *_: epoch == 1)
     lines = []
     train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=3"]), echo=lines.append)
     out = tmp_path / "run"
@@ -83,10 +83,10 @@ def test_validation_is_timed_on_a_few_cases_and_not_repeated_at_the_end(phantoms
     """Epoch 1 times validation on TIMING_CASES cases (a partial pass: logged as not validated); when the final
     validation scores like the between-epoch passes (no mirroring in either), the last epoch gets no pass of its
     own: the final validation scores its weights, on every case of the fold."""
-    import medseg.train.run as run_module
+    import medseg.train.schedule as schedule
 
-    monkeypatch.setattr(run_module, "VAL_SHARE", 0.0)
-    monkeypatch.setattr(run_module, "TIMING_CASES", 1)
+    monkeypatch.setattr(schedule, "VAL_SHARE", 0.0)
+    monkeypatch.setattr(schedule, "TIMING_CASES", 1)
     config = load_config(None, TINY + ["train.epochs=3", "train.folds=2", "train.final_tta=false"])
     lines = []
     train(phantoms, tmp_path / "run", config, echo=lines.append)
@@ -173,3 +173,14 @@ def test_time_budget_is_a_hard_limit_even_mid_epoch(phantoms, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert 1 <= log[0]["step"] < 100000 and (tmp_path / "run" / "validation.json").exists()
     assert elapsed < 40 * 1.1 + 4, (elapsed, lines)
+
+
+def test_checkpoint_state_written_by_earlier_versions_loads():
+    """checkpoint_last.pt keeps ``state`` as a dict with the same keys as before RunState; one written before
+    any whole-fold validation has no ``validated`` (its best_epoch, -1, stands in, as the loop read it before)."""
+    from medseg.train.schedule import RunState
+
+    old = {"epoch": 3, "step": 30, "train_seconds": 12.5, "best": -1.0, "best_epoch": -1, "elapsed": 20.0}
+    state = RunState.from_dict(old)
+    assert state.epoch == 3 and state.validated == -1 and state.to_dict() == {**old, "validated": -1}
+    assert RunState.from_dict({**old, "best": 0.5, "best_epoch": 2, "validated": 3}).validated == 3

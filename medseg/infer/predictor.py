@@ -14,8 +14,8 @@ import torch
 
 from medseg.config import RunConfig
 from medseg.errors import MedsegError, ModelError, one_line
-from medseg.model import build_network, network_key
-from medseg.model.device import autocast_dtype, choose_precision, resolve_device
+from medseg.model import build_network
+from medseg.model.device import autocast_dtype, precision_for, resolve_device
 from medseg.model.folder import combined_id, open_model
 from medseg.model.inference import InferenceSettings, Prediction, component_rules, predict_volume
 from medseg.postprocess import ComponentRule
@@ -75,10 +75,7 @@ class Predictor:
             raise ModelError(exc.problem, exc.path) from None
         except (RuntimeError, KeyError, ValueError) as exc:  # weights that do not fit the planned network
             raise ModelError(f"weights do not fit the planned network ({one_line(exc)})", model_dir) from None
-        wanted = precision if precision != "auto" else config.train.precision
-        chosen = choose_precision(wanted, dev, lambda: build_network(plan, config.model.__dict__),
-                                  (1, plan.in_channels, *plan.patch_size), key=network_key(plan))
-        dtype = autocast_dtype(chosen.precision)
+        dtype = autocast_dtype(precision_for(plan, config, dev, precision).precision)
         predictor = cls(nets, plan, config, dev, dtype, model_id, chosen_rules)
         predictor.model_dir = Path(model_dir)
         predictor.fingerprint = fingerprint

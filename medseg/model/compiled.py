@@ -126,6 +126,7 @@ def _run_compiler(program: Path, package: Path) -> str | None:
 
 def compile_program(program: str, package: str) -> None:
     """In the child process: AOTInductor-compile an exported program (weights frozen into the package)."""
+    # imported here: only the compiling child process needs inductor, which takes seconds to import
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True

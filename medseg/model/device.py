@@ -22,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-from medseg.config import CHOICES
+from medseg.config import CHOICES, RunConfig
 from medseg.errors import MedsegError
+from medseg.io.atomic import write_text_atomic
+from medseg.model.networks import build_network, network_key
+from medseg.preprocess.plan import Plan
 
 log = logging.getLogger("medseg")
 
@@ -143,9 +146,22 @@ def choose_precision(precision: str, device: torch.device, make_net: Callable[[]
     choice = measure(device, make_net, input_shape, budget_s)
     _write_cache(cache, cache_key, choice)
     times = ", ".join(f"{p} {s:.3f} s" for p, s in choice.seconds.items())
-    log.warning("precision auto -> %s on %s (%s per step; %s); cached in %s", choice.precision,
-                device_name(device), times, choice.reason, cache)
+    log.info("precision auto -> %s on %s (%s per step; %s); cached in %s", choice.precision,
+             device_name(device), times, choice.reason, cache)
     return choice
+
+
+def precision_for(plan: Plan, config: RunConfig, device: torch.device, asked: str = "auto") -> PrecisionChoice:
+    """The precision of ``config``'s network on ``plan``: ``asked`` unless it is ``auto``, else
+    ``train.precision``; ``auto`` is timed at the plan's training batch ``(batch_size, C, *patch_size)``.
+
+    Training, the budget planner, its final validation, ``tune-postprocess`` and inference all ask here, so one
+    model gets one cached decision per machine (timing inference at batch 1 could decide otherwise: batch 1 is
+    launch-bound on a GPU).
+    """
+    wanted = asked if check_choice(asked, PRECISIONS, "precision") != "auto" else config.train.precision
+    return choose_precision(wanted, device, lambda: build_network(plan, config.model),
+                            (plan.batch_size, plan.in_channels, *plan.patch_size), key=network_key(plan, config.model))
 
 
 def measure(device: torch.device, make_net: Callable[[], torch.nn.Module], input_shape: tuple[int, ...],
@@ -214,8 +230,6 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
-    from medseg.io.atomic import write_text_atomic
-
     data = _read_cache(path)
     data[key] = asdict(choice)
     with contextlib.suppress(OSError, MedsegError):  # a read-only home must not stop training

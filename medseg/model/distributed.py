@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from medseg.model.device import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -56,8 +58,6 @@ def launched_by_torchrun() -> bool:
 
 def setup(device: str = "auto") -> tuple[Context, torch.device]:
     """Join the process group when launched by torchrun; returns the context and this rank's device."""
-    from medseg.model.device import resolve_device
-
     if not launched_by_torchrun():
         return Context(), resolve_device(device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -29,14 +30,18 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+import yaml
+
 from medseg.config import RunConfig, config_from_dict
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, current_umask, write_text_atomic
+from medseg.model.networks import network_entry
 from medseg.preprocess.plan import Plan
 
 CONFIG, PLAN, WEIGHTS, LABELS, VERSIONS = "config.yaml", "plan.json", "weights.pt", "labels.json", "versions.json"
 FINGERPRINT, SUMS, POSTPROCESS = "fingerprint.json", "SHA256SUMS", "postprocess.json"
-IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what the model id hashes: any change to them changes the model
+IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what every model has and its id hashes (with postprocess.json)
 INFERENCE_FILES = (*IDENTITY_FILES, LABELS, VERSIONS, POSTPROCESS)
 RUN_FILES = (*INFERENCE_FILES, FINGERPRINT, "splits.json", "validation.json", "log.jsonl")  # checksummed
 SHAREABLE_FINGERPRINT = ("ranges", "median_spacing", "median_shape", "intensity", "label_voxels_median",
@@ -65,12 +70,16 @@ class ModelFolder:
 
     @property
     def model_id(self) -> str:
-        """16 hex digits of a SHA-256 over the digests of weights, plan and config.
+        """16 hex digits of a SHA-256 over the digests of config, plan, weights and, when the folder has one,
+        ``postprocess.json``.
 
-        Two models differ in id whenever any of the three differs, e.g. same config but another seed
-        or another number of epochs.
+        Two models differ in id whenever any of them differs, e.g. same config but another seed or another
+        number of epochs, or post-processing chosen again (``medseg tune-postprocess``) with another result, so
+        results (a DICOM SEG's AlgorithmVersion) change with the id. A folder without ``postprocess.json``
+        (trained before medseg chose post-processing) keeps the id it had.
         """
-        text = "".join(f"{self.digest(name)}  {name}\n" for name in IDENTITY_FILES)
+        names = [*IDENTITY_FILES, *([POSTPROCESS] if (self.path / POSTPROCESS).is_file() else [])]
+        text = "".join(f"{self.digest(name)}  {name}\n" for name in names)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def recorded_sums(self) -> dict[str, str]:
@@ -108,8 +117,6 @@ class ModelFolder:
     def compatibility_warnings(self) -> list[str]:
         """Why this model may not behave as it did in training: other major versions of torch or MONAI, or
         a plan made before inputs were reoriented to RAS (such a model saw arrays in stored order)."""
-        import importlib.metadata as md
-
         warnings = []
         try:
             trained = json.loads((self.path / VERSIONS).read_text())
@@ -137,21 +144,18 @@ class ModelFolder:
         return Plan.read(self.path / PLAN)
 
     def load_config(self) -> RunConfig:
-        """The resolved run config (validated: unknown keys and bad post-processing rules are errors)."""
-        import yaml
-
-        return config_from_dict(yaml.safe_load((self.path / CONFIG).read_text()) or {}, str(self.path / CONFIG))
+        """The resolved run config (validated: unknown keys, bad post-processing rules and a network the
+        registry does not hold are errors)."""
+        config = config_from_dict(yaml.safe_load((self.path / CONFIG).read_text()) or {}, str(self.path / CONFIG))
+        network_entry(config.model.name, self.path / CONFIG)
+        return config
 
     def load_weights(self) -> dict:
         """The network's state dict, loaded with ``weights_only=True`` (a model file never runs code)."""
-        import torch
-
         return torch.load(self.path / WEIGHTS, map_location="cpu", weights_only=True)
 
     def seal(self, labels: dict) -> str:
         """End of training: write ``versions.json``, ``labels.json`` and ``SHA256SUMS``; return the model id."""
-        import importlib.metadata as md
-
         versions = {}
         for pkg in VERSIONED_PACKAGES:
             try:

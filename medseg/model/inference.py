@@ -1,8 +1,8 @@
 """The one prediction path: preprocess as planned, sliding window, undo preprocessing, post-process.
 
-``medseg infer`` (through :class:`medseg.infer.predictor.Predictor`) and training's per-epoch and final
-validation both call :func:`predict_volume`, so validation scores are exactly what inference followed by
-``medseg evaluate`` gives on the same cases.
+``medseg infer`` (through :class:`medseg.infer.predictor.Predictor`) and training's validation (between epochs,
+on the schedule of :mod:`medseg.train.schedule`, and the final one) both call :func:`predict_volume`, so
+validation scores are exactly what inference followed by ``medseg evaluate`` gives on the same cases.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from itertools import combinations
 
 import numpy as np
 import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers import sliding_window_inference
 
 from medseg.model.compiled import compiled_forward
 from medseg.model.device import autocast
@@ -74,8 +76,6 @@ def _rolling_pass(model, image: np.ndarray, patch_size, axis: int, device, dtype
     The image is zero-padded to the patch size as MONAI pads it; each slice along ``axis`` is normalised,
     soft-maxed and stored as soon as no later window covers it.
     """
-    from monai.data.utils import compute_importance_map, dense_patch_slices
-
     patch = tuple(int(v) for v in patch_size)
     shape = image.shape[1:]
     pads = [(max(p - n, 0) // 2, max(p - n, 0) - max(p - n, 0) // 2) for n, p in zip(shape, patch, strict=True)]
@@ -162,8 +162,6 @@ def _mirrored(forward: Callable[[torch.Tensor], torch.Tensor],
 
 
 def _predict_block(model, image, patch_size, device, dtype, overlap, sw_batch_size) -> np.ndarray:
-    from monai.inferers import sliding_window_inference
-
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     with autocast(device, dtype):
         logits = sliding_window_inference(x, list(patch_size), sw_batch_size, model, overlap=overlap,

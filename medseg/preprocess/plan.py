@@ -22,7 +22,8 @@ from medseg.preprocess.resample import needs_separate_z
 MIN_FEATURE_MAP = 4  # voxels per axis at the bottom of the U-Net
 MAX_DOWNSAMPLINGS = 5
 # Bytes of activations (forward + backward, mixed precision) per voxel per base filter, measured
-# roughly on DynUNet: used only to scale patch and batch to the memory budget.
+# roughly on plain DynUNet: used only to scale patch and batch to the memory budget; other networks scale it
+# by their registry entry's ``memory`` (:class:`medseg.model.networks.NetworkEntry`).
 _BYTES_PER_VOXEL_FILTER = 60
 
 
@@ -127,21 +128,26 @@ def target_spacing(fingerprint: dict, threshold: float = 3.0) -> list[float]:
 
 
 def make_plan(fingerprint: dict, dataset_channels: dict[int, str], labels: dict[int, str],
-              config: RunConfig) -> Plan:
+              config: RunConfig, network_memory: float = 1.0) -> Plan:
     """Resolve every value a training run needs; config values that are set win over planned ones.
 
     Per-axis values (spacing, patch size, strides, kernels, separate-z axis) refer to the canonical
     closest-RAS axes that :func:`medseg.preprocess.preprocess` reorients every case to; the plan says
     so under ``orientation``.
+
+    Args:
+        network_memory: Activation memory of ``model.name`` relative to plain DynUNet (its registry entry's
+            ``memory``), scaling what a patch costs against ``train.memory_budget_mb``.
     """
     pre, tr, model = config.preprocess, config.train, config.model
     spacing = list(pre.target_spacing) if pre.target_spacing else target_spacing(fingerprint, pre.anisotropy_threshold)
     median_spacing = np.asarray(fingerprint["median_spacing"], float)
     median_shape = np.asarray(fingerprint["median_shape"], float) * median_spacing / np.asarray(spacing)
-    patch = list(tr.patch_size) if tr.patch_size else _patch_size(median_shape, spacing, tr.memory_budget_mb,
+    budget_mb = tr.memory_budget_mb / network_memory  # the budget in plain-DynUNet megabytes
+    patch = list(tr.patch_size) if tr.patch_size else _patch_size(median_shape, spacing, budget_mb,
                                                                    model.base_filters)
     strides, kernels = topology(patch, spacing)
-    batch = tr.batch_size or _batch_size(patch, tr.memory_budget_mb, model.base_filters)
+    batch = tr.batch_size or _batch_size(patch, budget_mb, model.base_filters)
     filters = [min(model.base_filters * 2**i, model.max_filters) for i in range(len(strides))]
     schemes = []
     for c in sorted(dataset_channels) or [0]:
@@ -233,7 +239,7 @@ def topology(patch, spacing) -> tuple[list, list]:
     return strides, kernels
 
 
-def _patch_size(median_shape, spacing, budget_mb: int, base_filters: int) -> list[int]:
+def _patch_size(median_shape, spacing, budget_mb: float, base_filters: int) -> list[int]:
     """Start from the median image size (capped at 256 voxels per axis), shrink the axis with the
     largest physical extent until two patches fit the budget, then round to the network's divisor."""
     patch = np.minimum(np.asarray(median_shape, float), 256)
@@ -247,7 +253,7 @@ def _patch_size(median_shape, spacing, budget_mb: int, base_filters: int) -> lis
     return [int(np.ceil(p / d) * d) for p, d in zip(patch, divisor, strict=True)]
 
 
-def _batch_size(patch, budget_mb: int, base_filters: int) -> int:
+def _batch_size(patch, budget_mb: float, base_filters: int) -> int:
     fits = int(budget_mb // max(_cost_mb(np.asarray(patch, float), 1, base_filters), 1e-6))
     return int(np.clip(fits, 2, 4))
 

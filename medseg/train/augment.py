@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from monai import transforms as T
 
 from medseg.config import AugmentConfig
 
@@ -15,8 +16,6 @@ def build_augmentation(cfg: AugmentConfig, seed: int = 0, mirror_axes: Sequence[
     With ``cfg.flip``, each axis of ``mirror_axes`` (spatial, 0-2: the plan's ``mirror_axes``) is flipped with
     probability 0.5; the others never are, so left/right labels keep their side.
     """
-    from monai import transforms as T
-
     keys = ["image", "label"]
     steps = []
     if cfg.affine_prob > 0:

@@ -13,10 +13,11 @@ budget. On a CPU the same plan can take 10+ s per step (OpenKBP's 96x96x128 patc
 The first candidate whose measured step time gives at least ``train.min_steps`` steps in the training
 share of the budget wins, after the one just above it is timed once more (and the next while they fit): a
 busy moment while a larger candidate was timed must not shrink the plan for the whole run. Step time is a
-forward/backward pass on the candidate's batch in the chosen
-precision (:func:`medseg.model.device.time_steps`), times :data:`STEP_OVERHEAD` for the optimiser, loss
-and data. A candidate predicted (from measured larger ones, by their fastest seconds per voxel) to take over twice the
-allowed step time is skipped without being built. When nothing fits, the fastest measured candidate is
+forward/backward pass on the candidate's batch in the chosen precision (:func:`medseg.model.device.time_steps`),
+times :data:`STEP_OVERHEAD` for the optimiser, loss and data (measured on plain DynUNet; the same seconds are a
+smaller share of a network whose registry entry costs more, see :func:`_step_overhead`). A candidate predicted
+(from measured larger ones, by their fastest seconds per voxel) to take over twice the allowed step time is
+skipped without being built. When nothing fits, the fastest measured candidate is
 taken and the reason says so.
 """
 
@@ -30,8 +31,8 @@ import numpy as np
 import torch
 
 from medseg.config import RunConfig
-from medseg.model.device import autocast_dtype, choose_precision, time_steps
-from medseg.model.networks import build_network, network_key
+from medseg.model.device import autocast_dtype, precision_for, time_steps
+from medseg.model.networks import build_network, network_entry
 from medseg.preprocess.plan import MIN_FEATURE_MAP, Plan, make_plan, topology
 
 # Real training steps (AdamW, Dice+CE over deep-supervision heads, augmentation in a worker) over the bare
@@ -85,7 +86,7 @@ def plan_for_budget(fingerprint: dict, channels: dict[int, str], labels: dict[in
     Args:
         seconds_left: What remains of ``train.time_budget`` (s); None: no budget, the full plan stands.
     """
-    full = make_plan(fingerprint, channels, labels, config)
+    full = make_plan(fingerprint, channels, labels, config, network_entry(config.model.name).memory)
     if seconds_left is None or device.type == "cuda":
         why = "no time budget" if seconds_left is None else "GPU"
         return BudgetChoice(full, [], f"full-resolution plan ({why})", config.train.precision)
@@ -95,7 +96,7 @@ def plan_for_budget(fingerprint: dict, channels: dict[int, str], labels: dict[in
     t0 = time.perf_counter()
     ladder = _ladder(fingerprint, channels, labels, config, full)
     precision = _precision(config, device, ladder)
-    allowed = _allowed_step(seconds_left - (time.perf_counter() - t0), config.train.min_steps)
+    allowed = _allowed_step(seconds_left - (time.perf_counter() - t0), config)
     tried: list[Candidate] = []
     for index, (plan, width) in enumerate(ladder):
         candidate = _try(plan, width, config, device, precision, allowed, tried, seconds_left)
@@ -154,7 +155,7 @@ def _planned(fingerprint, channels, labels, config: RunConfig, spacing, patch, b
     cfg.train.patch_size = patch
     cfg.train.batch_size = batch
     cfg.model.base_filters = width
-    return make_plan(fingerprint, channels, labels, cfg)
+    return make_plan(fingerprint, channels, labels, cfg, network_entry(cfg.model.name).memory)
 
 
 def _patches(top, spacing, median_shape) -> list[list[int]]:
@@ -186,14 +187,19 @@ def _precision(config: RunConfig, device, ladder) -> str:
     """``train.precision``; ``auto`` is measured on the smallest full-resolution candidate (fast to time)."""
     smallest = [plan for plan, width in ladder if width == config.model.base_filters
                 and plan.target_spacing == ladder[0][0].target_spacing][-1]
-    choice = choose_precision(config.train.precision, device, lambda: build_network(smallest, config.model.__dict__),
-                              (smallest.batch_size, smallest.in_channels, *smallest.patch_size),
-                              key=network_key(smallest))
-    return choice.precision
+    return precision_for(smallest, config, device).precision
 
 
-def _allowed_step(seconds_left: float, min_steps: int) -> float:
-    return max(seconds_left, 0.0) * TRAIN_SHARE / max(min_steps, 1) / STEP_OVERHEAD
+def _step_overhead(config: RunConfig) -> float:
+    """Real training step over the bare forward/backward step for ``model.name``: :data:`STEP_OVERHEAD` was
+    measured on plain DynUNet; its extra seconds (optimiser, loss, data) are a share ``1 / compute`` as large
+    of a network whose registry entry costs ``compute`` times as much per step."""
+    return 1.0 + (STEP_OVERHEAD - 1.0) / network_entry(config.model.name).compute
+
+
+def _allowed_step(seconds_left: float, config: RunConfig) -> float:
+    """Seconds a bare forward/backward step may take for ``train.min_steps`` steps to fit the training share."""
+    return max(seconds_left, 0.0) * TRAIN_SHARE / max(config.train.min_steps, 1) / _step_overhead(config)
 
 
 def _try(plan: Plan, width: int, config, device, precision: str, allowed: float, tried: list[Candidate],
@@ -205,13 +211,12 @@ def _try(plan: Plan, width: int, config, device, precision: str, allowed: float,
     if predicted is not None and predicted > 2 * allowed:
         step_s, measured = predicted, False
     else:
-        model = {**config.model.__dict__, "base_filters": width}
         torch.manual_seed(0)
-        net = build_network(plan, model).to(device)
+        net = build_network(plan, config.model).to(device)  # the width is in plan.filters
         x = torch.randn(plan.batch_size, plan.in_channels, *plan.patch_size, device=device)
         step_s, measured = time_steps(net, x, device, autocast_dtype(precision), budget_s=1.5,
                                       give_up_s=4 * allowed), True
-    steps = int(max(seconds_left, 0.0) * TRAIN_SHARE / (step_s * STEP_OVERHEAD))
+    steps = int(max(seconds_left, 0.0) * TRAIN_SHARE / (step_s * _step_overhead(config)))
     return Candidate(plan.target_spacing, plan.patch_size, plan.batch_size, width, len(plan.strides), step_s,
                      measured, steps)
 

@@ -21,17 +21,18 @@ import torch
 from tqdm import tqdm
 
 from medseg.config import RunConfig
+from medseg.data.check import check_dataset
 from medseg.data.dataset import Case, Dataset
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_bytes_atomic, write_text_atomic
+from medseg.preprocess import fingerprint, preprocess
+from medseg.preprocess.io import load_case
 from medseg.preprocess.plan import Plan
 from medseg.train.budget import plan_for_budget
 
 
 def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
     """Run ``medseg check``; print every error and refuse to train when there is any."""
-    from medseg.data.check import check_dataset
-
     report = check_dataset(dataset)
     if not report.ok:
         for problem in report.errors:
@@ -50,8 +51,6 @@ def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo, device: t
     With ``seconds_left`` (what remains of ``train.time_budget``) on a CPU the plan is chosen to fit the
     budget (:mod:`medseg.train.budget`); the candidates and the reason are echoed.
     """
-    from medseg.preprocess import fingerprint
-
     plan_path, fp_path = out / "plan.json", out / "fingerprint.json"
     if plan_path.exists() and fp_path.exists():
         return Plan.read(plan_path), json.loads(fp_path.read_text())
@@ -79,9 +78,6 @@ def prepare_cases(dataset: Dataset, ids, plan: Plan, cache: Path, echo) -> tuple
     values its indices stand for and the contoured mask; one that does not match the plan and the dataset
     (or predates indices) is redone.
     """
-    from medseg.preprocess import preprocess
-    from medseg.preprocess.io import load_case
-
     by_id = {c.id: c for c in dataset.cases}
     values = np.asarray(sorted(int(v) for v in plan.labels))
     images, labels, masks = [], [], []

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import set_track_meta
 
 from medseg.model.device import autocast
+from medseg.train.augment import augment_batch, build_augmentation
 
 # Progress inside an epoch is reported at most this often (seconds).
 REPORT_SECONDS = 30.0
@@ -26,10 +28,6 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.mirror_axes = tuple(int(a) for a in mirror_axes)
 
     def __iter__(self):
-        from monai.data import set_track_meta
-
-        from medseg.train.augment import augment_batch, build_augmentation
-
         set_track_meta(False)
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0

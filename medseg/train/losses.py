@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 
 
 def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor,
@@ -48,8 +49,6 @@ def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, contoured: torc
 def _dice_ce(logits: torch.Tensor, target: torch.Tensor, lambda_dice: float, lambda_ce: float,
              batch: bool) -> torch.Tensor:
     """Dice + cross-entropy when every class is contoured (MONAI's DiceCELoss with ``batch``)."""
-    from monai.losses import DiceLoss
-
     dice = DiceLoss(to_onehot_y=True, softmax=True, batch=batch)(logits, target)
     return lambda_dice * dice + lambda_ce * F.cross_entropy(logits, target[:, 0].long())
 
@@ -57,8 +56,6 @@ def _dice_ce(logits: torch.Tensor, target: torch.Tensor, lambda_dice: float, lam
 def _marginal(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor, lambda_dice: float,
               lambda_ce: float, batch: bool) -> torch.Tensor:
     """The marginal loss proper (module docstring), for any ``contoured`` mask."""
-    from monai.losses import DiceLoss
-
     known = contoured.to(device=logits.device, dtype=torch.bool).clone()
     known[:, 0] = True
     shape = (*known.shape, *[1] * (logits.dim() - 2))  # (B, K, 1, 1, 1): broadcast over voxels

@@ -23,7 +23,9 @@ def write_progress_png(log_path: str | Path, out_png: str | Path) -> Path:
     Three panels against epoch: training loss; validation Dice per class with their mean (dashed);
     learning rate.
     """
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state: safe in any process
+    # imported here: matplotlib takes a second to import, and `medseg plan` and `medseg tune-postprocess` load this
+    # module (through medseg.train) without drawing. Agg canvas, no pyplot state: safe in any process.
+    from matplotlib.figure import Figure
 
     records = read_log(log_path)
     epochs = [r["epoch"] for r in records]

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.metrics import compute_dice
 
+from medseg.config import RunConfig
 from medseg.data.dataset import Case, Dataset
-from medseg.model.inference import InferenceSettings, predict_volume
+from medseg.model.inference import InferenceSettings, component_rules, predict_volume
 from medseg.preprocess.io import load_case
 from medseg.preprocess.plan import Plan
 from medseg.types import Volume
@@ -51,6 +53,12 @@ class ValidationSet:
 
     def _take(self, which: slice) -> ValidationSet:
         return ValidationSet(self.ids[which], self.images[which], self.labels[which], self.cases[which])
+
+
+def inference_settings(config: RunConfig, plan: Plan, mirror: bool) -> InferenceSettings:
+    """The model's own inference settings (what ``medseg infer`` uses by default), mirroring as asked."""
+    return InferenceSettings(overlap=config.infer.overlap, mirror=mirror, sw_batch_size=config.infer.sw_batch_size,
+                             rules=component_rules(config.postprocess.rules, dict(plan.labels)))
 
 
 def load_validation(dataset: Dataset, ids: list[str]) -> ValidationSet:
@@ -92,8 +100,6 @@ def score_labels(maps: Iterable[np.ndarray], cases: ValidationSet,
 
 def dice_by_label(pred: np.ndarray, truth: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
     """MONAI Dice of each foreground label of two label maps on one grid (``{}`` when there is none)."""
-    from monai.metrics import compute_dice
-
     values = [v for v in sorted(labels) if v != 0]
     if not values:
         return {}
