@@ -64,7 +64,7 @@ class Predictor:
                     plan, config = this_plan, folder.load_config()
                     fingerprint = fingerprint or folder.load_fingerprint()
                     chosen.append(folder.load_postprocess())
-                    net = build_network(plan, config.model.__dict__)
+                    net = build_network(plan, config.model)
                     net.load_state_dict(folder.load_weights())
                     nets.append(net.to(dev).eval())
                 model_id = combined_id(folders)

@@ -93,8 +93,6 @@ def build_network(plan: Plan, model: ModelConfig) -> torch.nn.Module:
         plan: From :func:`medseg.preprocess.plan.make_plan` (channels, labels, strides, kernels, filters).
         model: The ``model`` section of the run config (name, deep supervision, norm).
     """
-    if isinstance(model, dict):  # medseg/infer/predictor.py still passes config.model.__dict__
-        model = ModelConfig(**model)
     return network_entry(model.name).build(plan, model)
 
 
