@@ -101,6 +101,9 @@ def test_nothing_fits_takes_the_fastest_and_says_so(openkbp, monkeypatch):
     choice = budget.plan_for_budget(fp, data.channels, data.labels, config, CPU, 600.0)
     fastest = min((c for c in choice.candidates if c.measured), key=lambda c: c.step_s)
     assert choice.plan.patch_size == fastest.patch and "no candidate fits" in choice.reason
+    assert fastest.patch == choice.candidates[-2].patch  # the smallest of the ladder, timed once nothing fit
+    assert all(np.prod(c.patch) >= np.prod(fastest.patch) for c in choice.candidates if c.base_filters ==
+               fastest.base_filters and c.spacing == fastest.spacing)
 
 
 def test_full_plan_without_budget_on_gpu_or_with_a_set_patch(openkbp, monkeypatch):

@@ -24,6 +24,7 @@ taken and the reason says so.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 
@@ -109,11 +110,20 @@ def plan_for_budget(fingerprint: dict, channels: dict[int, str], labels: dict[in
                       f"plan: {candidate.steps} steps fit the budget (>= {config.train.min_steps}); "
                       f"chosen in {time.perf_counter() - t0:.0f} s")
             return BudgetChoice(plan, tried, reason, precision)
-    measured = [(c, p) for c, (p, _) in zip(tried, ladder, strict=True) if c.measured]
-    best, plan = min(measured, key=lambda cp: cp[0].step_s)
-    reason = (f"no candidate fits {config.train.min_steps} steps in the budget; the fastest measured one "
-              f"({best.steps} steps) is used")
-    return BudgetChoice(plan, tried, reason, precision)
+    return _fastest(ladder, tried, config, device, precision, seconds_left)
+
+
+def _fastest(ladder, tried: list[Candidate], config, device, precision: str, seconds_left: float) -> BudgetChoice:
+    """When no candidate fits: the fastest one, timed now if it was only predicted (a run whose first timing
+    was slow predicted every smaller one too slow to time, and the largest, measured, plan would win)."""
+    index = min(range(len(ladder)), key=lambda i: tried[i].step_s)
+    best = tried[index]
+    if not best.measured:
+        best = _try(*ladder[index], config, device, precision, math.inf, [], seconds_left)
+        tried.append(best)
+    reason = (f"no candidate fits {config.train.min_steps} steps in the budget; the fastest one "
+              f"({best.steps} steps, measured) is used")
+    return BudgetChoice(ladder[index][0], tried, reason, precision)
 
 
 def _recheck_larger(ladder, tried: list[Candidate], index: int, config, device, precision: str, allowed: float,
