@@ -93,7 +93,7 @@ def write_ct_model_and_scan(tmp: Path, device: str, shape: tuple[int, int, int])
                                  rotation_deg=(0, 0, 0), modality="CT")
     config = load_config(None, ["train.epochs=1", "train.iterations_per_epoch=2", "train.num_workers=0",
                                 "model.base_filters=8", "model.max_filters=64", "train.patch_size=[96, 96, 64]",
-                                "train.batch_size=2", "train.final_tta=false", "infer.overlap=0.25",
+                                "train.batch_size=2", "train.final_mirror=false", "infer.overlap=0.25",
                                 "infer.sw_batch_size=4"])
     train(data, tmp / "ct_model", config, device=device, echo=lambda _: None)
     cx, cy = shape[0] / 2, shape[1] / 2

@@ -40,7 +40,7 @@ def main() -> int:
                                      rotation_deg=(0, 0, 0), modality="CT")
         config = load_config(None, ["train.epochs=1", "train.iterations_per_epoch=2", "train.num_workers=0",
                                     "model.base_filters=8", "model.max_filters=64", "train.patch_size=[96, 96, 64]",
-                                    "train.batch_size=2", "train.final_tta=false", "infer.overlap=0.25",
+                                    "train.batch_size=2", "train.final_mirror=false", "infer.overlap=0.25",
                                     "infer.sw_batch_size=4"])
         train(data, tmp / "model", config, echo=lambda _: None)
         shape = (512, 512, args.slices)

@@ -215,7 +215,7 @@ def main() -> int:
         ids = held_out_cases(model, args.cases)
         inputs = link_inputs(ids, tmp / "in")
         runs = {"medseg infer": [sys.executable, "-m", "medseg.cli", "infer", str(model), str(inputs),
-                                 str(tmp / "out_medseg"), "--tta", "--overlap", "0.5", "--overwrite"],
+                                 str(tmp / "out_medseg"), "--mirror", "--overlap", "0.5", "--overwrite"],
                 "nnU-Net v2": [sys.executable, "-c", _NNUNET, str(nnunet), str(inputs), str(tmp / "out_nnunet"),
                                str(threads)]}
         times: dict[str, list[float]] = {name: [] for name in runs}

@@ -9,6 +9,7 @@ import typer
 
 from medseg._cli_util import one_line_errors, say, setup_logging
 
+MAX_OVERLAP = 0.95  # = medseg.config.MAX_OVERLAP (checked by tests/test_names.py; config is not imported here)
 DATASET_HELP = ("MSD or nnU-Net v2 folder, a medseg manifest or datalist, or a folder of DICOM exports (images with "
                 "RTSTRUCT or DICOM SEG labels).")
 
@@ -225,7 +226,8 @@ def infer(
                                       help="Image file, folder of images, DICOM folder (any studies), or manifest."),
     out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="Where to write results."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write probability maps (float16)."),
+    probabilities: bool = typer.Option(False, "--probabilities",
+                                       help="Also write probability maps (<id>_probabilities.nii.gz, float32)."),
     dicom_seg: bool = typer.Option(True, "--dicom-seg/--no-dicom-seg", help="DICOM SEG for DICOM inputs."),
     rtstruct: bool = typer.Option(False, "--rtstruct", help="Also an RTSTRUCT (one ROI per label) for DICOM inputs."),
     series_number: int = typer.Option(9000, "--series-number", help="SeriesNumber of the DICOM SEG (the RTSTRUCT "
@@ -234,9 +236,11 @@ def infer(
                                            help="SeriesDescription of the DICOM SEG and RTSTRUCT."),
     fail_on_flags: bool = typer.Option(False, "--fail-on-flags", help="Count cases with plausibility flags "
                                        "(input unlike the training data, implausible volumes) as failed."),
-    tta: bool | None = typer.Option(None, "--tta/--no-tta",
-                                    help="Mirroring test-time augmentation (2x slower per mirrored axis, up to 8x)."),
-    overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap, 0-0.9 (default 0.5)."),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", "--tta/--no-tta",
+                                       help="Mirroring test-time augmentation (2x slower per mirrored axis, up to "
+                                       "8x; default: the model config's infer.mirror)."),
+    overlap: float | None = typer.Option(None, "--overlap", help=f"Sliding-window overlap, 0-{MAX_OVERLAP} "
+                                         "(default: the model config's infer.overlap)."),
     modality: str | None = typer.Option(None, "--modality", help="DICOM: only series of this modality."),
     description: str | None = typer.Option(None, "--description",
                                            help="DICOM: only series whose description matches this regex."),
@@ -261,9 +265,9 @@ def infer(
     from medseg.infer.batch import InferOptions, run_batch
     from medseg.infer.inputs import SeriesFilter
 
-    options = InferOptions(overwrite=overwrite, save_probabilities=probabilities, dicom_seg=dicom_seg,
+    options = InferOptions(overwrite=overwrite, probabilities=probabilities, dicom_seg=dicom_seg,
                            rtstruct=rtstruct, series_number=series_number, series_description=series_description,
-                           mirror=tta, overlap=overlap, series=SeriesFilter(modality, description, min_slices),
+                           mirror=mirror, overlap=overlap, series=SeriesFilter(modality, description, min_slices),
                            shard=_parse_shard(shard), fail_on_flags=fail_on_flags)
     peer = parse_peer(send_to) if send_to else None  # parsed first: a mistyped peer fails before the batch
     summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=say)

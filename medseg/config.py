@@ -73,8 +73,8 @@ class TrainConfig:
     deterministic: bool = False
     folds: int = 5
     split_group: str | None = None  # regex naming a case's subject: one subject's cases share a fold
-    val_tta: bool = False
-    final_tta: bool = True  # final validation with mirroring, on original grids
+    val_mirror: bool = False
+    final_mirror: bool = True  # final validation with mirroring, on original grids
     threads: int | None = None  # torch CPU threads; null: all cores
 
 
@@ -82,7 +82,7 @@ class TrainConfig:
 class InferConfig:
     overlap: float = 0.5
     sw_batch_size: int = 2
-    mirror_tta: bool = False
+    mirror: bool = False
 
 
 @dataclass
@@ -169,6 +169,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
         target = getattr(config, section)
         known = {f.name: f for f in fields(target)}
         for key, value in (values or {}).items():
+            key = RENAMED.get((section, key), key)
             if key not in known:
                 raise MedsegError(f"{where}: unknown key '{section}.{key}' (known: {', '.join(known)})")
             setattr(target, key, _coerce(value, getattr(target, key), f"{section}.{key}", where))
@@ -176,6 +177,10 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     _check_values(config, where)
     return config
 
+
+# The one cap on sliding-window overlap (config, CLI help, InferenceSettings): at 0.95 windows step by 1/20 of
+# their size, 8000x the windows of no overlap in 3D; nearer 1 the count only grows.
+MAX_OVERLAP = 0.95
 
 # Settings that take one of a few values, checked when a config loads (allowed values in the message).
 # ``model.name`` is not here: its choices are the network registry's names (medseg.model.networks, a later
@@ -195,8 +200,12 @@ RANGES = {
     ("train", "weight_decay"): (0.0, None), ("train", "foreground_fraction"): (0.0, 1.0),
     ("train", "dice_weight"): (0.0, None), ("train", "ce_weight"): (0.0, None), ("train", "num_workers"): (0, None),
     ("train", "folds"): (1, None), ("train", "memory_budget_mb"): (1, None),
-    ("infer", "overlap"): (0.0, 0.95), ("infer", "sw_batch_size"): (1, None),
+    ("infer", "overlap"): (0.0, MAX_OVERLAP), ("infer", "sw_batch_size"): (1, None),
 }
+# Keys renamed so one idea has one name from CLI flag to config key to JSON field (old model folders and configs
+# still load): mirroring is "mirror", saving probabilities "probabilities".
+RENAMED = {("train", "val_tta"): "val_mirror", ("train", "final_tta"): "final_mirror",
+           ("infer", "mirror_tta"): "mirror"}
 
 
 def _check_values(config: RunConfig, where: str) -> None:

@@ -25,7 +25,7 @@ from medseg.train import train
 
 DEMO_SETTINGS = ["model.base_filters=16", "model.max_filters=64", "train.iterations_per_epoch=25",
                  "train.patch_size=[48, 48, 16]", "train.batch_size=2", "train.lr=0.01", "train.num_workers=0",
-                 "train.final_tta=false",
+                 "train.final_mirror=false",
                  "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 30}}"]
 
 

@@ -72,7 +72,7 @@ def preprocessing_plan():
 
 HIPPOCAMPUS_TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=20", "train.lr=0.01",
                     "train.num_workers=0", "train.patch_size=[32, 32, 32]", "train.batch_size=2", "train.epochs=6",
-                    "train.final_tta=false"]
+                    "train.final_mirror=false"]
 
 
 @pytest.fixture(scope="session")

@@ -234,7 +234,7 @@ def test_rerun_redoes_results_of_another_model_or_settings(model_dir, tmp_path):
     assert changed["redone"] == 2
     assert {row["reason"] for row in _summary(out)} == {"redone: settings changed (overlap)"}
     assert json.loads((out / "case1.json").read_text())["settings"]["overlap"] == 0.25
-    asked = run_batch(other, folder, out, InferOptions(overlap=0.25, save_probabilities=True), echo=lambda _: None)
+    asked = run_batch(other, folder, out, InferOptions(overlap=0.25, probabilities=True), echo=lambda _: None)
     assert asked["redone"] == 2 and (out / "case0_probabilities.nii.gz").exists()
 
 

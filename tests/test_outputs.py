@@ -33,12 +33,12 @@ class PhantomPredictor:
     plan, fingerprint = SimpleNamespace(channels={0: "MR"}), None
 
     def settings(self, mirror=None, overlap=None) -> dict:
-        return {"mirror_tta": False, "overlap": 0.5}
+        return {"mirror": False, "overlap": 0.5}
 
-    def predict(self, volume, keep_probabilities=False, mirror=None, overlap=None) -> Prediction:
+    def predict(self, volume, probabilities=False, mirror=None, overlap=None) -> Prediction:
         array = np.asarray(volume.array)
         label = np.where(array > np.percentile(array, 90), 2, array > np.percentile(array, 60)).astype(np.uint8)
-        probabilities = np.stack([label == v for v in LABELS]).astype(np.float16) if keep_probabilities else None
+        probabilities = np.stack([label == v for v in LABELS]).astype(np.float16) if probabilities else None
         return Prediction(label=volume.with_array(label), trace=None, timings={}, probabilities=probabilities)
 
 
@@ -74,7 +74,7 @@ def test_writers_have_unique_names_and_titles():
 def test_dicom_case_gets_label_map_seg_and_probabilities(series_folder, tmp_path):
     case, out = _case(series_folder), tmp_path / "out"
     out.mkdir()
-    options = InferOptions(save_probabilities=True)
+    options = InferOptions(probabilities=True)
     record = segment_case(PhantomPredictor(), case, out, options)
     assert record["outputs"] == {"label": f"{case.id}.nii.gz", "probabilities": f"{case.id}_probabilities.nii.gz",
                                  "dicom_seg": f"{case.id}.seg.dcm"}

@@ -87,7 +87,7 @@ def test_validation_is_timed_on_a_few_cases_and_not_repeated_at_the_end(phantoms
 
     monkeypatch.setattr(schedule, "VAL_SHARE", 0.0)
     monkeypatch.setattr(schedule, "TIMING_CASES", 1)
-    config = load_config(None, TINY + ["train.epochs=3", "train.folds=2", "train.final_tta=false"])
+    config = load_config(None, TINY + ["train.epochs=3", "train.folds=2", "train.final_mirror=false"])
     lines = []
     train(phantoms, tmp_path / "run", config, echo=lines.append)
     out = tmp_path / "run"

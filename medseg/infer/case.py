@@ -35,7 +35,7 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     t0 = time.perf_counter()
     volume = read_series(case.series) if case.series is not None else load_image(case.images)
     read_seconds = time.perf_counter() - t0
-    prediction = predictor.predict(volume, keep_probabilities=options.save_probabilities, mirror=options.mirror,
+    prediction = predictor.predict(volume, probabilities=options.probabilities, mirror=options.mirror,
                                    overlap=options.overlap)
     label = prediction.label
     if label.spatial_shape != volume.spatial_shape or not np.array_equal(label.affine, volume.affine):

@@ -12,7 +12,7 @@ class InferOptions:
     """Options of a batch run (the CLI maps its flags onto these)."""
 
     overwrite: bool = False
-    save_probabilities: bool = False
+    probabilities: bool = False
     dicom_seg: bool = True
     rtstruct: bool = False
     series_number: int = 9000  # of the DICOM SEG; the RTSTRUCT takes the next number

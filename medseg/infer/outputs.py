@@ -86,7 +86,7 @@ class Probabilities(Writer):
     name, title = "probabilities", "probability map"
 
     def applies(self, case: InputCase, options: InferOptions) -> bool:
-        return options.save_probabilities
+        return options.probabilities
 
     def write(self, result: Segmented) -> Path:
         probabilities = result.volume.with_array(result.prediction.probabilities.astype(np.float32))

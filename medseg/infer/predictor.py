@@ -87,21 +87,21 @@ class Predictor:
         Recorded in every case JSON, so a re-run can tell whether an earlier result still holds.
         """
         chosen = self._settings(mirror, overlap)
-        return {"mirror_tta": chosen.mirror, "overlap": chosen.overlap,
+        return {"mirror": chosen.mirror, "overlap": chosen.overlap,
                 "postprocess": {str(k): asdict(r) for k, r in sorted(self.rules.items())}}
 
-    def predict(self, volume: Volume, keep_probabilities: bool = False, mirror: bool | None = None,
+    def predict(self, volume: Volume, probabilities: bool = False, mirror: bool | None = None,
                 overlap: float | None = None) -> Prediction:
         """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``); see :func:`medseg.model.inference.predict_volume`."""
         prediction = predict_volume(self.nets, volume, self.plan, self._settings(mirror, overlap), self.device,
-                                    self.dtype, keep_probabilities)
+                                    self.dtype, probabilities)
         prediction.label.meta["model_id"] = self.model_id
         return prediction
 
     def _settings(self, mirror: bool | None, overlap: float | None) -> InferenceSettings:
         cfg = self.config.infer
         return InferenceSettings(overlap=float(cfg.overlap if overlap is None else overlap),
-                                 mirror=bool(cfg.mirror_tta if mirror is None else mirror),
+                                 mirror=bool(cfg.mirror if mirror is None else mirror),
                                  sw_batch_size=cfg.sw_batch_size, rules=self.rules)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from medseg.config import MAX_OVERLAP
 from medseg.errors import MedsegError
 from medseg.model.sliding import predict_probabilities
 from medseg.postprocess import ComponentRule, postprocess
@@ -31,8 +32,8 @@ class InferenceSettings:
     rules: dict[int, ComponentRule] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.overlap) < 1.0:
-            raise MedsegError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= float(self.overlap) <= MAX_OVERLAP:
+            raise MedsegError(f"overlap must be between 0 and {MAX_OVERLAP}, got {self.overlap}")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Prediction:
 
 def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, settings: InferenceSettings,
                    device: torch.device, dtype: torch.dtype | None,
-                   keep_probabilities: bool = False) -> Prediction:
+                   probabilities: bool = False) -> Prediction:
     """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) with one network or an ensemble.
 
     Probabilities of several networks are averaged before the argmax. Mirroring (``settings.mirror``) flips
@@ -82,7 +83,7 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
     timings["predict"] = time.perf_counter() - t
     t = time.perf_counter()
     label = restore_labels(probs, trace, sorted(labels))
-    full_probs = restore_probabilities(probs, trace).astype(np.float16) if keep_probabilities else None
+    full_probs = restore_probabilities(probs, trace).astype(np.float16) if probabilities else None
     timings["restore"] = time.perf_counter() - t
     t = time.perf_counter()
     label, stats = postprocess(label, settings.rules, volume.spacing) if settings.rules else (label, {})

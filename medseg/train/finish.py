@@ -43,7 +43,7 @@ def final_validation(net: torch.nn.Module, config: RunConfig, val_set: Validatio
     rules chosen on these raw label maps (postprocess.json) and the final scores with them (validation.json,
     whose content is returned)."""
     net.load_state_dict(load_checkpoint(out / "weights.pt"))
-    mirror = config.train.final_tta
+    mirror = config.train.final_mirror
     settings = replace(inference_settings(config, plan, mirror), rules={})  # rules are applied to the raw maps below
     t0 = time.perf_counter()
     raw = list(predict_labels([net], val_set, plan, settings, dev, dtype))

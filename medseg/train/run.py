@@ -231,7 +231,7 @@ def _validate_epoch(trainer: _Trainer, config, plan: Plan, val_set: ValidationSe
         return None
     v0 = time.perf_counter()
     subset = schedule.validation_cases(state, val_set)
-    settings = inference_settings(config, plan, config.train.val_tta)
+    settings = inference_settings(config, plan, config.train.val_mirror)
     shares = ctx.gather(validate([trainer.net], subset.shard(ctx.rank, ctx.world), plan, settings, trainer.device,
                                  trainer.dtype))
     schedule.timed(time.perf_counter() - v0, subset.extent() / val_set.extent())

@@ -84,10 +84,10 @@ class Schedule:
 
     @classmethod
     def for_run(cls, train: TrainConfig, plan: Plan, start: float, world: int) -> Schedule:
-        """The final validation's mirrored flips with ``final_tta`` (else one pass), plus the last epoch's own
+        """The final validation's mirrored flips with ``final_mirror`` (else one pass), plus the last epoch's own
         pass when it scores differently from the final validation, are kept free at the end."""
-        final = 2 ** len(plan.mirror_axes) if train.final_tta else 1
-        return cls(train, final + (0 if train.val_tta == train.final_tta else 1), start, world)
+        final = 2 ** len(plan.mirror_axes) if train.final_mirror else 1
+        return cls(train, final + (0 if train.val_mirror == train.final_mirror else 1), start, world)
 
     @property
     def budget(self) -> float | None:
@@ -132,7 +132,7 @@ class Schedule:
         """Whether the epoch just done validates (see :func:`validate_now`). The ``ending`` epoch gets a pass of
         its own only when the final validation scores differently (mirroring); otherwise the final validation
         scores its weights and the budget's minutes go to training."""
-        last = ending and self.train.val_tta != self.train.final_tta
+        last = ending and self.train.val_mirror != self.train.final_mirror
         return validate_now(state.epoch, last, self.val_seconds, self.val_spent, state.train_seconds)
 
     def validation_cases(self, state: RunState, cases: ValidationSet) -> ValidationSet:
