@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg.data.phantom import make_phantom
+from medseg.data.phantom import make_phantom, write_phantom_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,9 +70,62 @@ def preprocessing_plan():
     return build
 
 
-HIPPOCAMPUS_TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=20", "train.lr=0.01",
-                    "train.num_workers=0", "train.patch_size=[32, 32, 32]", "train.batch_size=2", "train.epochs=6",
-                    "train.final_mirror=false"]
+def edit_dicom(path, **tags) -> None:
+    """Set DICOM attributes of one file in place (keyword=value)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+def nnunet_copy(msd: Path, dest: Path, names: dict[str, str], labels: dict) -> Path:
+    """An nnU-Net v2 raw folder ``dest`` from phantom MSD cases: ``names`` maps MSD ids to new ids."""
+    import json
+    import shutil
+
+    (dest / "imagesTr").mkdir(parents=True)
+    (dest / "labelsTr").mkdir()
+    for old, new in names.items():
+        shutil.copy(msd / f"imagesTr/{old}.nii.gz", dest / f"imagesTr/{new}_0000.nii.gz")
+        shutil.copy(msd / f"labelsTr/{old}.nii.gz", dest / f"labelsTr/{new}.nii.gz")
+    (dest / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "file_ending": ".nii.gz",
+                                                   "labels": labels}))
+    return dest
+
+
+# A tiny training run: narrow network, small patches, no data-loading workers. Tests add what they vary.
+TINY = ["model.base_filters=8", "model.max_filters=32", "train.lr=0.01", "train.num_workers=0",
+        "train.patch_size=[32, 32, 12]", "train.batch_size=2"]
+
+
+def tiny(*overrides: str) -> list[str]:
+    """``--set`` style overrides for a tiny training run (:data:`TINY`), ``overrides`` last (they win)."""
+    return [*TINY, *overrides]
+
+
+@pytest.fixture()
+def tiny_config():
+    """``tiny_config(*overrides)``: the :class:`~medseg.config.RunConfig` of a tiny training run."""
+    from medseg.config import load_config
+
+    return lambda *overrides: load_config(None, tiny(*overrides))
+
+
+@pytest.fixture(scope="session")
+def phantom_run(tmp_path_factory) -> Path:
+    """A small trained phantom model (5 cases, 4 epochs of 15 steps, post-processing rules for both labels),
+    shared by the inference and export tests; tests copy it before changing anything in it."""
+    from medseg.config import load_config
+    from medseg.train import train
+
+    root = tmp_path_factory.mktemp("phantom_model")
+    data = write_phantom_dataset(root / "data", cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
+    overrides = tiny("train.iterations_per_epoch=15", "train.epochs=4",
+                     "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 20}}")
+    train(data, root / "run", load_config(None, overrides), echo=lambda _: None)
+    return root / "run"
 
 
 @pytest.fixture(scope="session")
@@ -95,5 +148,7 @@ def hippocampus_run(shared_data, tmp_path_factory) -> Path:
     manifest.write_text(yaml.safe_dump({"name": "hippocampus", "channels": {0: "MR"},
                                         "labels": {0: "background", 1: "anterior", 2: "posterior"},
                                         "cases": cases}))
-    train(manifest, tmp / "run", load_config(None, HIPPOCAMPUS_TINY), echo=lambda _: None)
+    overrides = tiny("train.iterations_per_epoch=20", "train.patch_size=[32, 32, 32]", "train.epochs=6",
+                     "train.final_mirror=false")
+    train(manifest, tmp / "run", load_config(None, overrides), echo=lambda _: None)
     return tmp / "run"

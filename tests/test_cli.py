@@ -4,7 +4,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
@@ -66,10 +65,9 @@ def test_check_exit_codes(tmp_path):
     assert result.exit_code == 1 and "ERROR phantom_000" in result.output
 
 
-@pytest.mark.parametrize("command", ["info"])
-def test_info_on_file(tmp_path, command, phantom):
+def test_info_on_file(tmp_path, phantom):
     write_volume(phantom[0], tmp_path / "x.nii.gz")
-    result = runner.invoke(app, [command, str(tmp_path / "x.nii.gz")])
+    result = runner.invoke(app, ["info", str(tmp_path / "x.nii.gz")])
     assert result.exit_code == 0 and "1.5 x 1.5 x 4 mm" in result.output and "oblique" in result.output
 
 

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+from conftest import nnunet_copy
 
 from medseg.data import check_dataset, load_dataset
 from medseg.data.phantom import write_phantom_dataset
@@ -86,15 +87,8 @@ def test_every_problem_is_listed_at_once(small_hippocampus):
 
 def test_nnunet_v2_folder_and_manifest(tmp_path):
     src = write_phantom_dataset(tmp_path / "msd", cases=3)
-    nn = tmp_path / "Dataset001_Phantom"
-    (nn / "imagesTr").mkdir(parents=True)
-    (nn / "labelsTr").mkdir()
-    for i in range(3):
-        shutil.copy(src / f"imagesTr/phantom_{i:03d}.nii.gz", nn / f"imagesTr/phantom_{i:03d}_0000.nii.gz")
-        shutil.copy(src / f"labelsTr/phantom_{i:03d}.nii.gz", nn / f"labelsTr/phantom_{i:03d}.nii.gz")
-    (nn / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MR"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
-        "numTraining": 3, "file_ending": ".nii.gz"}))
+    ids = {f"phantom_{i:03d}": f"phantom_{i:03d}" for i in range(3)}
+    nn = nnunet_copy(src, tmp_path / "Dataset001_Phantom", ids, {"background": 0, "organ": 1, "lesion": 2})
     dataset = load_dataset(nn)
     assert dataset.source == "nnunet" and [c.id for c in dataset.cases] == ["phantom_000", "phantom_001", "phantom_002"]
     assert check_dataset(dataset).ok

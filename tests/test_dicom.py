@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import edit_dicom
 
 from medseg.data.phantom import make_phantom
 from medseg.errors import MedsegError
@@ -110,18 +111,11 @@ def _phantom_series(folder, **kwargs):
     return write_dicom_series(image, folder)
 
 
-def _edit(path, **tags):
-    ds = pydicom.dcmread(path)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path)
-
-
 def test_float_noise_in_positions_is_accepted(tmp_path):
     rng = np.random.default_rng(0)
     for path in _phantom_series(tmp_path):
         pos = np.asarray(pydicom.dcmread(path).ImagePositionPatient, float) + rng.normal(0, 2e-4, 3)
-        _edit(path, ImagePositionPatient=[f"{v:.6f}" for v in pos])
+        edit_dicom(path, ImagePositionPatient=[f"{v:.6f}" for v in pos])
     assert read_dicom_folder(tmp_path).spatial_shape == (24, 20, 10)
 
 
@@ -129,7 +123,7 @@ def test_non_uniform_spacing_reports_largest_deviation(tmp_path):
     paths = _phantom_series(tmp_path, rotation_deg=(0, 0, 0))
     for path in paths[5:]:
         pos = np.asarray(pydicom.dcmread(path).ImagePositionPatient, float)
-        _edit(path, ImagePositionPatient=[f"{v:.6f}" for v in pos + [0, 0, 1.0]])
+        edit_dicom(path, ImagePositionPatient=[f"{v:.6f}" for v in pos + [0, 0, 1.0]])
     with pytest.raises(MedsegError, match=r"non-uniform slice spacing: largest deviation 1\.000 mm"):
         read_dicom_folder(tmp_path)
 
@@ -138,7 +132,7 @@ def test_gantry_tilt_is_refused(tmp_path):
     paths = _phantom_series(tmp_path, rotation_deg=(0, 0, 0))
     for k, path in enumerate(paths):
         pos = np.asarray(pydicom.dcmread(path).ImagePositionPatient, float)
-        _edit(path, ImagePositionPatient=[f"{v:.6f}" for v in pos + [0, k * 3.0 * np.tan(np.radians(12)), 0]])
+        edit_dicom(path, ImagePositionPatient=[f"{v:.6f}" for v in pos + [0, k * 3.0 * np.tan(np.radians(12)), 0]])
     with pytest.raises(MedsegError, match=r"gantry tilt of about 12\.0 degrees"):
         read_dicom_folder(tmp_path)
 
@@ -161,7 +155,7 @@ def test_uid_mixing_orientations_is_split(tmp_path):
     tilted = _phantom_series(tmp_path / "b", rotation_deg=(0, 0, 30), seed=2)
     uid = pydicom.dcmread(axial[0]).SeriesInstanceUID
     for path in tilted:
-        _edit(path, SeriesInstanceUID=uid)
+        edit_dicom(path, SeriesInstanceUID=uid)
     scan = scan_dicom(tmp_path)
     assert len(scan.series) == 2 and all(s.readable and len(s.files) == 10 for s in scan.series)
     with pytest.raises(MedsegError, match="2 series found"):

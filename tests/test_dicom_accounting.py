@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from conftest import edit_dicom
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEGLSLossless, RLELossless, generate_uid
 from typer.testing import CliRunner
@@ -33,13 +34,6 @@ def _pick(files, where):
     return files[len(files) // 2] if POSITIONS[where] is None else files[POSITIONS[where]]
 
 
-def _edit(path, **tags):
-    ds = pydicom.dcmread(path)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path)
-
-
 def _no_position(path):
     ds = pydicom.dcmread(path)
     del ds.ImagePositionPatient
@@ -47,7 +41,7 @@ def _no_position(path):
 
 
 def _nan_position(path):
-    _edit(path, ImagePositionPatient=["NaN", "0", "0"])
+    edit_dicom(path, ImagePositionPatient=["NaN", "0", "0"])
 
 
 def _comma_slope(path):
@@ -145,7 +139,7 @@ def test_orientation_noise_neither_splits_nor_leaves_a_gap(data_path, tmp_path):
     rng = np.random.default_rng(1)
     for path in files[3:6]:
         iop = np.asarray(pydicom.dcmread(path).ImageOrientationPatient, float) + rng.choice([-1e-5, 1e-5], 6)
-        _edit(path, ImageOrientationPatient=[f"{v:.8f}" for v in iop])
+        edit_dicom(path, ImageOrientationPatient=[f"{v:.8f}" for v in iop])
     scan = scan_dicom(tmp_path / "s")
     assert len(scan.series) == 1 and scan.series[0].readable
     a, b = read_dicom_folder(src), read_dicom_folder(tmp_path / "s")
@@ -232,7 +226,7 @@ def test_convert_names_follow_series_identity_not_discovery_order(data_path, tmp
     before = first.read_bytes()
     older = _copy(data_path("dicom/brain_mr_study/36468-FLAIRreg-58706"), study / "aa_older")
     for path in older:  # an older study whose series has the same number, found first on disk
-        _edit(path, SeriesNumber=11)
+        edit_dicom(path, SeriesNumber=11)
     again = runner.invoke(app, ["convert", str(study), str(out)])
     assert again.exit_code == 0 and "same series, kept" in again.output
     assert first.read_bytes() == before

@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import tiny
 
 from medseg.data.phantom import make_phantom, write_phantom_dataset
 from medseg.io import read_volume, write_volume
 from medseg.train.checkpoint import verify_sha256sums
 
-TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=8", "train.lr=0.01",
-        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.final_mirror=false"]
+TINY = tiny("train.iterations_per_epoch=8", "train.final_mirror=false")
 
 
 def _torchrun(*args: str) -> list[str]:

@@ -9,30 +9,22 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
-from medseg.config import load_config
-from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.data.phantom import make_phantom
 from medseg.errors import MedsegError
 from medseg.infer.batch import run_batch
 from medseg.infer.predictor import Predictor
 from medseg.io import read_volume, write_volume
 from medseg.model import ModelFolder, export_model
 from medseg.model import folder as model_folder
-from medseg.train import train
 
 runner = CliRunner()
-TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10", "train.lr=0.01",
-        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.epochs=2",
-        "postprocess.rules={1: {mode: largest}}"]
 SHARED = {"config.yaml", "plan.json", "weights.pt", "postprocess.json", "labels.json", "versions.json",
           "fingerprint.json", "SHA256SUMS"}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    data = write_phantom_dataset(root / "data", cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
-    train(data, root / "run", load_config(None, TINY), echo=lambda _: None)
-    return root / "run"
+def run_dir(phantom_run):
+    return phantom_run
 
 
 def test_export_folder_and_zip_hold_only_what_inference_needs(run_dir, tmp_path):

@@ -15,11 +15,12 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import tiny
 from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.config import load_config
-from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.data.phantom import make_phantom
 from medseg.infer.batch import InferOptions, run_batch
 from medseg.infer.predictor import Predictor
 from medseg.io import read_dicom_folder, read_volume, write_volume
@@ -29,17 +30,13 @@ from medseg.model import ModelFolder
 from medseg.train import train
 
 runner = CliRunner()
-TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=15", "train.lr=0.01",
-        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.epochs=4",
-        "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 20}}"]
+TINY = tiny("train.iterations_per_epoch=15", "train.epochs=4",
+            "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 20}}")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    data = write_phantom_dataset(root / "data", cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
-    train(data, root / "run", load_config(None, TINY), echo=lambda _: None)
-    return root / "run"
+def model_dir(phantom_run):
+    return phantom_run
 
 
 @pytest.fixture(scope="module")

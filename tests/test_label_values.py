@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny
 
 from medseg.config import load_config
 from medseg.data import check_dataset, load_dataset
@@ -14,8 +15,7 @@ from medseg.io import read_volume, write_volume
 from medseg.train import train
 from medseg.train.data import label_classes
 
-TINY = ["model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10", "train.lr=0.01",
-        "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2", "train.epochs=4"]
+TINY = tiny("train.iterations_per_epoch=10", "train.epochs=4")
 VALUES = {0: "background", 5: "organ", 7: "lesion"}
 
 

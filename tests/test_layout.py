@@ -55,8 +55,12 @@ def test_default_yaml_equals_the_dataclass_defaults():
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_shipped_configs_load(name):
-    load_config(ROOT / "configs" / name)
+def test_shipped_configs_load_with_every_value_they_set(name):
+    written = yaml.safe_load((ROOT / "configs" / name).read_text())
+    config = load_config(ROOT / "configs" / name)
+    for section, values in written.items():
+        for key, value in values.items():
+            assert getattr(getattr(config, section), key) == value, f"{name}: {section}.{key}"
 
 
 @pytest.mark.parametrize("override, message", [

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import yaml
+from conftest import nnunet_copy, tiny
 
 from medseg.config import load_config
 from medseg.data import check_dataset, load_dataset
@@ -15,8 +16,8 @@ from medseg.errors import MedsegError
 from medseg.train import train
 from medseg.train.splits import split_cases
 
-TINY = ["model.base_filters=8", "model.max_filters=16", "train.iterations_per_epoch=2", "train.epochs=1",
-        "train.num_workers=0", "train.patch_size=[16, 16, 8]", "train.batch_size=2", "train.folds=2"]
+TINY = tiny("model.max_filters=16", "train.iterations_per_epoch=2", "train.epochs=1",
+            "train.patch_size=[16, 16, 8]", "train.folds=2")
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +87,8 @@ def test_msd_training_entries_with_folds_are_honoured(phantoms, tmp_path):
 
 
 def test_nnunet_splits_final_json_is_honoured_and_checked(phantoms, tmp_path):
-    root = tmp_path / "Dataset002_Ph"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    for i in range(6):
-        shutil.copy(phantoms / f"imagesTr/phantom_{i:03d}.nii.gz", root / f"imagesTr/c{i}_0000.nii.gz")
-        shutil.copy(phantoms / f"labelsTr/phantom_{i:03d}.nii.gz", root / f"labelsTr/c{i}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "file_ending": ".nii.gz",
-                                                   "labels": {"background": 0, "organ": 1, "lesion": 2}}))
+    root = nnunet_copy(phantoms, tmp_path / "Dataset002_Ph", {f"phantom_{i:03d}": f"c{i}" for i in range(6)},
+                       {"background": 0, "organ": 1, "lesion": 2})
     wanted = [{"train": ["c5", "c1", "c2"], "val": ["c0"]}, {"train": ["c0", "c3"], "val": ["c4", "c5"]}]
     (root / "splits_final.json").write_text(json.dumps(wanted))
     dataset = load_dataset(root)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import tiny
 
 from medseg.config import load_config
 from medseg.data.phantom import write_phantom_dataset
@@ -17,8 +18,7 @@ from medseg.io import read_volume, write_volume
 from medseg.train import train
 from medseg.train.checkpoint import load_checkpoint, verify_sha256sums
 
-TINY = ["train.precision=fp32", "model.base_filters=8", "model.max_filters=32", "train.iterations_per_epoch=10",
-        "train.lr=0.01", "train.num_workers=0", "train.patch_size=[32, 32, 12]", "train.batch_size=2"]
+TINY = tiny("train.precision=fp32", "train.iterations_per_epoch=10")
 
 
 @pytest.fixture(scope="module")
