@@ -366,8 +366,12 @@ def demo(
 def serve(
     model: Path = typer.Argument(..., help="Model folder from `medseg train` or `medseg export`, or its .zip."),
     ae_title: str = typer.Option("MEDSEG", "--ae-title", help="This node's AE title (calls to others are refused)."),
-    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on (127.0.0.1: this machine only)."),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default: every interface with "
+                                    "an allow list, else 127.0.0.1: this machine only)."),
     port: int = typer.Option(11112, "--port", help="TCP port to listen on."),
+    allow: list[str] | None = typer.Option(None, "--allow", metavar="AE@HOST[:PORT]",
+                                           help="A peer that may associate (repeatable); others are refused."),
+    allow_file: Path | None = typer.Option(None, "--allow-file", help="YAML list of AE@HOST[:PORT] peers."),
     send_to: str | None = typer.Option(None, "--send-to", metavar="AE@HOST:PORT",
                                        help="C-STORE each DICOM SEG to this node (e.g. the PACS that sent it)."),
     out: Path = typer.Option(Path("medseg-node"), "--out", "-o", help="Output folder (as `medseg infer` writes it)."),
@@ -384,14 +388,16 @@ def serve(
     """Run a DICOM node (C-STORE and C-ECHO): store every received instance, segment each series once it has
     been quiet for --quiet-seconds (the checks and outputs of `medseg infer`), and send its DICOM SEG to
     --send-to. A failing series is logged and the node goes on; SIGTERM or Ctrl-C stops it (exit code 0)."""
+    from medseg.dicomnet.access import parse_allowed, read_allow_file
     from medseg.dicomnet.client import parse_peer
     from medseg.dicomnet.node import NodeSettings, run_node, stop_on_signals
     from medseg.infer.inputs import SeriesFilter
 
+    entries = list(allow or []) + (read_allow_file(allow_file) if allow_file else [])
     settings = NodeSettings(ae_title=ae_title, host=host, port=port, out=out, store=store,
                             send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,
                             series=SeriesFilter(modality, description, min_slices), device=device,
-                            precision=precision)
+                            precision=precision, allowed=[parse_allowed(entry) for entry in entries])
     run_node(model, settings, stop_on_signals(), echo=say)
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

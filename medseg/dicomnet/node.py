@@ -22,12 +22,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from medseg.dicomnet.access import AllowedPeer, check_association, listen_host
 from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
 from medseg.infer.case import segment_case
@@ -52,10 +53,12 @@ class NodeSettings:
         store: Folder for received instances; ``out / "incoming"`` when None.
         send_to: Peer that receives each DICOM SEG; None keeps the SEGs in ``out`` only.
         quiet_s: Seconds without a new instance after which a series counts as complete.
+        allowed: Peers that may associate; empty: only this machine (loopback).
+        host: Address to listen on; None: every interface with an allow list, else loopback.
     """
 
     ae_title: str = "MEDSEG"
-    host: str = "0.0.0.0"
+    host: str | None = None
     port: int = 11112
     out: Path = Path("medseg-node")
     store: Path | None = None
@@ -64,6 +67,7 @@ class NodeSettings:
     series: SeriesFilter | None = None
     device: str = "auto"
     precision: str = "auto"
+    allowed: list[AllowedPeer] = field(default_factory=list)
 
     @property
     def store_dir(self) -> Path:
@@ -238,6 +242,7 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     Raises:
         MedsegError: when the model cannot be loaded or the port cannot be opened.
     """
+    host = listen_host(settings.host, settings.allowed)
     predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
     make_output_dir(settings.out)
     store = make_output_dir(settings.store_dir)
@@ -255,12 +260,14 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
-    handlers = [(evt.EVT_C_STORE, store_instance, [store, tracker, echo])]
+    handlers = [(evt.EVT_REQUESTED, check_association, [settings.ae_title, settings.allowed, echo]),
+                (evt.EVT_C_STORE, store_instance, [store, tracker, echo])]
     try:
-        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+        server = ae.start_server((host, settings.port), block=False, evt_handlers=handlers)
     except OSError as exc:
-        raise MedsegError(f"cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc})") from None
-    echo(f"listening as {settings.ae_title} on {settings.host}:{settings.port}; model {predictor.model_id}; "
+        raise MedsegError(f"cannot listen on {host}:{settings.port} ({exc.strerror or exc})") from None
+    peers = ", ".join(map(str, settings.allowed)) or "this machine only (no allow list)"
+    echo(f"listening as {settings.ae_title} on {host}:{settings.port} for {peers}; model {predictor.model_id}; "
          f"instances in {store}; {tracker.pending()} unfinished series from before")
     try:
         while not stop.wait(POLL_SECONDS):
