@@ -378,6 +378,8 @@ def serve(
     store: Path | None = typer.Option(None, "--store", help="Folder for received instances (default: OUT/incoming)."),
     quiet_seconds: float = typer.Option(10.0, "--quiet-seconds", help="A series is complete when nothing arrived "
                                         "for it for this many seconds."),
+    retry_seconds: float = typer.Option(30.0, "--retry-seconds", help="Wait before sending a SEG again after a "
+                                        "failed send; doubles each time, up to an hour."),
     modality: str | None = typer.Option(None, "--modality", help="Only series of this modality."),
     description: str | None = typer.Option(None, "--description",
                                            help="Only series whose description matches this regex."),
@@ -387,7 +389,9 @@ def serve(
 ):
     """Run a DICOM node (C-STORE and C-ECHO): store every received instance, segment each series once it has
     been quiet for --quiet-seconds (the checks and outputs of `medseg infer`), and send its DICOM SEG to
-    --send-to. A failing series is logged and the node goes on; SIGTERM or Ctrl-C stops it (exit code 0)."""
+    --send-to (queued on disk: retried until accepted, never sent twice, across restarts). Only --allow peers
+    may call (without any: this machine only). A failing series is logged and the node goes on; SIGTERM or
+    Ctrl-C stops it (exit code 0)."""
     from medseg.dicomnet.access import parse_allowed, read_allow_file
     from medseg.dicomnet.client import parse_peer
     from medseg.dicomnet.node import NodeSettings, run_node, stop_on_signals
@@ -397,7 +401,8 @@ def serve(
     settings = NodeSettings(ae_title=ae_title, host=host, port=port, out=out, store=store,
                             send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,
                             series=SeriesFilter(modality, description, min_slices), device=device,
-                            precision=precision, allowed=[parse_allowed(entry) for entry in entries])
+                            precision=precision, allowed=[parse_allowed(entry) for entry in entries],
+                            retry_s=retry_seconds)
     run_node(model, settings, stop_on_signals(), echo=say)
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

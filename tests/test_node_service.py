@@ -3,8 +3,16 @@ each SEG exactly once across kill -9 and restarts, storage limits, concurrent se
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -13,14 +21,23 @@ from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from medseg.cli import app
+from medseg.dicomnet import outbox
 from medseg.dicomnet.access import parse_allowed, refusal
-from medseg.dicomnet.client import Peer, echo_peer
-from medseg.dicomnet.node import NodeSettings, run_node
+from medseg.dicomnet.client import Peer, echo_peer, send_files
+from medseg.dicomnet.node import NodeSettings, run_node, uid_digest
 from medseg.errors import MedsegError, UsageError
 
 STUDY1 = "dicom/hippocampus_crops/study1"
 STUDY2 = "dicom/hippocampus_crops/study2"
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(request):
+    """The model the node serves: conftest's `hippocampus_run`, or the run folder named by MEDSEG_TEST_NODE_MODEL
+    (to skip its training while working on these tests)."""
+    given = os.environ.get("MEDSEG_TEST_NODE_MODEL")
+    return Path(given) if given else request.getfixturevalue("hippocampus_run")
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +75,10 @@ def node_thread(model_dir, settings: NodeSettings):
     return lines, stop, thread
 
 
-def test_allow_list_admits_listed_peers_only(orthanc, hippocampus_run, data_path, tmp_path):
+def test_allow_list_admits_listed_peers_only(orthanc, model, data_path, tmp_path):
     settings = NodeSettings(port=orthanc.node_port, out=tmp_path / "out", quiet_s=600, device="cpu", precision="fp32",
                             allowed=[parse_allowed("ORTHANC@127.0.0.1:4242")])
-    lines, stop, thread = node_thread(hippocampus_run, settings)
+    lines, stop, thread = node_thread(model, settings)
     try:
         assert "on 0.0.0.0:" in lines[-1] and "for ORTHANC@127.0.0.1:4242;" in lines[-1]
         assert orthanc.try_post("/modalities/node/echo", b"{}")  # listed: ORTHANC calling from 127.0.0.1
@@ -108,3 +125,181 @@ def test_allow_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("ORTHANC: 1\n")
     with pytest.raises(UsageError, match="YAML list"):
         read_allow_file(tmp_path / "bad.yaml")
+
+
+class Serve:
+    """`python -m medseg.cli serve` as a subprocess, its output in ``OUT/../serve-N.log`` (one per start)."""
+
+    def __init__(self, model, out: Path, port: int, *args: str):
+        self.command = [sys.executable, "-m", "medseg.cli", "serve", str(model), "--port", str(port), "--out",
+                        str(out), "--device", "cpu", "--precision", "fp32", *args]
+        self.out, self.port, self.process, self.starts = out, port, None, 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: "listening" in self.log() or self.process.poll() is not None, 90, "the node to listen")
+        assert self.process.poll() is None, self.log()
+
+    @property
+    def log_path(self) -> Path:
+        return self.out.parent / f"serve-{self.starts}.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class MutingRelay:
+    """A TCP relay to a DICOM port. While ``mute`` is set, nothing more reaches a caller once it has sent more
+    than its first PDU (the A-ASSOCIATE-RQ): the peer stores a C-STORE, the caller never hears it did."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.mute, self.sockets = target_port, threading.Event(), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                caller, _ = self.listener.accept()
+            except OSError:
+                return
+            peer = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [caller, peer]
+            past_request = threading.Event()
+            for source, dest in ((caller, peer), (peer, caller)):
+                threading.Thread(target=self._pump, args=(source, dest, source is caller, past_request),
+                                 daemon=True).start()
+
+    def _pump(self, source, dest, from_caller: bool, past_request: threading.Event) -> None:
+        head = b""
+        try:
+            while data := source.recv(65536):
+                if from_caller and not past_request.is_set():
+                    head += data
+                    if len(head) >= 6 and len(head) > 6 + int.from_bytes(head[2:6], "big"):
+                        past_request.set()
+                if from_caller or not (self.mute.is_set() and past_request.is_set()):
+                    dest.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, dest):  # shutdown wakes the other direction's recv and tells both ends
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_outbox_retries_with_backoff_and_never_resends(tmp_path, data_path):
+    seg = tmp_path / "case.seg.dcm"
+    seg.write_bytes(sorted(data_path(STUDY1).glob("*.dcm"))[0].read_bytes())  # any DICOM file stands for a SEG
+    box = tmp_path / "outbox"
+    path = outbox.enqueue(box, seg, "series1", uid_digest)
+    assert outbox.enqueue(box, seg, "series1", uid_digest) == path and len(outbox.entries(box)) == 1
+
+    def refuse(_):
+        raise MedsegError("cannot associate with PACS@h:1 (rejected)")
+
+    now = 1000.0
+    for delay in (30, 60, 120, 240, 240):
+        ((due_path, entry),) = outbox.due(box, set(), now)
+        ending = outbox.attempt(due_path, entry, refuse, "PACS@h:1", 30, 240, now)
+        assert ending.endswith(f"next in {delay} s") and not outbox.due(box, set(), now + delay - 1)
+        now += delay
+    assert outbox.due(box, {"series1"}, now) == []  # held while the series waits to be segmented again
+    sent: list[bytes] = []
+    ((due_path, entry),) = outbox.due(box, set(), now)  # read back from disk: the backoff survives restarts
+    assert entry["attempts"] == 5 and len(entry["answers"]) == 5
+    assert outbox.attempt(due_path, entry, lambda f: sent.append(f.read_bytes()), "PACS@h:1", 30, 240, now) == \
+        "sent to PACS@h:1"
+    assert sent == [seg.read_bytes()]
+    assert outbox.due(box, set(), now + 10**6) == []  # accepted: never sent again
+    assert outbox.enqueue(box, seg, "series1", uid_digest) == path and not path.exists()  # nor queued again
+    assert json.loads((box / "done" / path.name).read_text())["state"] == "sent"
+
+
+def test_outbox_supersede_and_tidy(tmp_path, data_path):
+    files = sorted(data_path(STUDY1).glob("*.dcm"))[:2]
+    box = tmp_path / "outbox"
+    first = outbox.enqueue(box, files[0], "series1", uid_digest)
+    (box / "0123456789abcdef.dcm").write_bytes(b"a SEG linked just before a crash")
+    (box / ".x.json.tmp").write_bytes(b"")
+    assert outbox.tidy(box) == 2 and first.exists() and first.with_suffix(".dcm").exists()
+    assert outbox.supersede(box, "series2") == 0 and outbox.supersede(box, "series1") == 1
+    assert outbox.due(box, set()) == [] and not first.with_suffix(".dcm").exists()
+    outbox.enqueue(box, files[1], "series1", uid_digest)
+    assert len(outbox.due(box, set())) == 1
+
+
+def test_kill_while_receiving_then_restart_segments_and_sends_once(orthanc, model, data_path, tmp_path):
+    from pynetdicom import AE, StoragePresentationContexts
+
+    files = series_copy(data_path(STUDY1), tmp_path / "series", "kill-while-receiving")
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    out = tmp_path / "out"
+    node = Serve(model, out, orthanc.node_port, "--quiet-seconds", "4",
+                 "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    try:
+        node.start()
+        sender = AE(ae_title="SENDER")
+        sender.requested_contexts = StoragePresentationContexts
+        assoc = sender.associate("127.0.0.1", orthanc.node_port, ae_title="MEDSEG")
+        statuses = [assoc.send_c_store(path).Status for path in files[:12]]
+        assert statuses == [0] * 12
+        node.kill()  # mid-series, the association still open
+        folder = out / "incoming" / uid_digest(uid)
+        assert len(list(folder.glob("[!.]*.dcm"))) == 12  # every acknowledged instance is on disk
+        node.start()
+        send_files(Peer("MEDSEG", "127.0.0.1", orthanc.node_port), files)  # the sender sends the series again
+        wait_for(lambda: orthanc.seg_tags(uid), 90, "the SEG in Orthanc")
+        wait_for(lambda: not list((out / "outbox").glob("*.json")), 30, "the outbox to empty")
+        time.sleep(5)  # longer than --quiet-seconds: nothing else comes
+        assert len(orthanc.seg_tags(uid)) == 1, node.log()
+        assert node.log().count("sent to ORTHANC@") == 1
+    finally:
+        node.stop()
+
+
+def test_kill_while_sending_then_restart_sends_once(orthanc, model, data_path, tmp_path):
+    files = series_copy(data_path(STUDY2), tmp_path / "series", "kill-while-sending")
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    out = tmp_path / "out"
+    relay = MutingRelay(orthanc.dicom_port)
+    node = Serve(model, out, orthanc.node_port, "--quiet-seconds", "1", "--send-to", f"ORTHANC@127.0.0.1:{relay.port}")
+    try:
+        node.start()
+        relay.mute.set()  # Orthanc stores the SEG, the node never hears it did
+        send_files(Peer("MEDSEG", "127.0.0.1", orthanc.node_port), files)
+        (seg,) = wait_for(lambda: orthanc.seg_tags(uid), 90, "the SEG in Orthanc")
+        (entry,) = list((out / "outbox").glob("*.json"))
+        assert json.loads(entry.read_text())["state"] == "pending"
+        node.kill()  # while the node waits for Orthanc's answer
+        relay.mute.clear()
+        node.start()
+        done = out / "outbox" / "done" / entry.name
+        wait_for(done.exists, 60, "the SEG sent again after the restart")
+        assert json.loads(done.read_text())["state"] == "sent"
+        assert [tags["SOPInstanceUID"] for tags in orthanc.seg_tags(uid)] == [seg["SOPInstanceUID"]], node.log()
+    finally:
+        node.stop()
+        relay.close()

@@ -4,13 +4,16 @@ A C-STORE receiver (pynetdicom) writes every arriving instance to ``STORE/<hash 
 SeriesInstanceUID>/<hash of its SOPInstanceUID>.dcm`` (atomically, before answering success), so neither
 folder nor file names carry tag text. When a series folder has received nothing for ``quiet_s`` seconds
 it is segmented exactly as `medseg infer` segments a DICOM folder (same series checks, same outputs in the
-output folder) and its DICOM outputs (the DICOM SEG) are C-STOREd to the ``send_to`` peer; a series that
-cannot have one (an enhanced multi-frame series) is an error line that says why. A failing series is logged in one
-line and the node goes on. Segmentation runs in the calling thread, one series at a time, while the
-receiver keeps accepting instances in its own threads.
+output folder) and its DICOM outputs (the DICOM SEG) are queued in the outbox (:mod:`medseg.dicomnet.outbox`)
+for the ``send_to`` peer, which the same thread empties between series; a series that cannot have one (an
+enhanced multi-frame series) is an error line that says why. A failing series is logged in one line and the
+node goes on. Segmentation runs in the calling thread, one series at a time, while the receiver keeps
+accepting instances in its own threads. Who may associate: :mod:`medseg.dicomnet.access`.
 
-A series folder whose instances are all older than its ``.medseg-done`` marker is finished; any other
-folder found in the store at start (e.g. received just before a stop) is segmented again.
+A series folder whose instances are all older than its ``.medseg-done`` marker (touched once its SEGs are
+queued) is finished; any other folder found in the store at start (received just before a stop or a crash,
+or being segmented then) is segmented again, superseding its SEGs still unsent. Together with the outbox
+this delivers each SEG of a complete series once, whenever the process is killed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from medseg.dicomnet import outbox
 from medseg.dicomnet.access import AllowedPeer, check_association, listen_host
 from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
@@ -55,6 +59,7 @@ class NodeSettings:
         quiet_s: Seconds without a new instance after which a series counts as complete.
         allowed: Peers that may associate; empty: only this machine (loopback).
         host: Address to listen on; None: every interface with an allow list, else loopback.
+        retry_s: Seconds before a failed send is tried again, doubling each time up to ``max_retry_s``.
     """
 
     ae_title: str = "MEDSEG"
@@ -68,10 +73,16 @@ class NodeSettings:
     device: str = "auto"
     precision: str = "auto"
     allowed: list[AllowedPeer] = field(default_factory=list)
+    retry_s: float = 30.0
+    max_retry_s: float = 3600.0
 
     @property
     def store_dir(self) -> Path:
         return self.store if self.store is not None else self.out / "incoming"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.out / "outbox"
 
 
 class SeriesTracker:
@@ -108,6 +119,11 @@ class SeriesTracker:
         with self._lock:
             return len(self._last)
 
+    def names(self) -> set[str]:
+        """Names (UID hashes) of the folders waiting."""
+        with self._lock:
+            return {folder.name for folder in self._last}
+
 
 def uid_digest(uid: str) -> str:
     """First 16 hex digits of the SHA-256 of a DICOM UID: a file or folder name that reveals no tag text."""
@@ -143,9 +159,14 @@ def store_instance(event, store: Path, tracker: SeriesTracker, echo: Callable[[s
 
 
 def unfinished_folders(store: Path) -> list[Path]:
-    """Series folders in ``store`` holding an instance newer than their done marker (or without one)."""
+    """Series folders in ``store`` holding an instance newer than their done marker (or without one).
+
+    Temporary files found on the way are removed first: the node owns its store, so any is a write that a
+    crash cut short (never acknowledged).
+    """
     found = []
     for folder in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        remove_stale_temporaries(folder, older_than_s=0)
         marker = folder / DONE_MARKER
         done_at = marker.stat().st_mtime if marker.exists() else -1.0
         if any(f.stat().st_mtime > done_at for f in folder.glob("*.dcm")):
@@ -154,14 +175,14 @@ def unfinished_folders(store: Path) -> list[Path]:
 
 
 def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> int:
-    """Segment every selected series in one store folder, write outputs to ``settings.out`` and send each
-    DICOM output (the writers' with ``dicom`` set: the DICOM SEG) to ``settings.send_to``.
+    """Segment every selected series in one store folder, write outputs to ``settings.out`` and queue each
+    DICOM output (the writers' with ``dicom`` set: the DICOM SEG) for ``settings.send_to``.
 
     Returns:
         Number of series segmented.
 
     Raises:
-        MedsegError: when no series is selected (the reasons in one line), one fails to segment or send, or
+        MedsegError: when no series is selected (the reasons in one line), one fails to segment or queue, or
             one cannot have a DICOM output to send (an enhanced multi-frame series).
     """
     options = InferOptions(overwrite=True, series=settings.series)
@@ -176,16 +197,17 @@ def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
             continue
         record = segment_case(predictor, case, settings.out, options)
         done = f"{case.id} ({case.description}) segmented in {record['seconds']:.1f} s"
-        echo(f"series {folder.name}: {done}{deliver(case, record, options, settings, done)}")
+        echo(f"series {folder.name}: {done}{deliver(case, record, options, settings, done, folder.name)}")
     return len(cases)
 
 
-def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, done: str) -> str:
-    """Send a segmented case's DICOM outputs to ``settings.send_to`` (when set); the end of its log line.
+def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, done: str, series: str) -> str:
+    """Queue a segmented case's DICOM outputs (the writers' with ``dicom`` set: the DICOM SEG) in the outbox
+    for ``settings.send_to`` (when set); the end of its log line.
 
     Raises:
         MedsegError: starting with ``done``, when the case's input cannot have a DICOM output (saying why) or
-            it cannot be sent.
+            it cannot be queued.
     """
     files = {writer.title: output_path(settings.out, record["outputs"][writer.name])
              for writer in writers_for(case, options) if writer.dicom}
@@ -195,19 +217,42 @@ def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, d
     if settings.send_to is None:
         return where
     try:
-        send_files(settings.send_to, list(files.values()), calling_ae=settings.ae_title)
+        for path in files.values():
+            outbox.enqueue(settings.outbox_dir, path, series, uid_digest)
     except MedsegError as exc:
-        raise MedsegError(f"{done}{where}, kept but not sent: {exc.problem}") from None
-    return f"{where}, sent to {settings.send_to}"
+        raise MedsegError(f"{done}{where}, kept but not queued: {exc.problem}") from None
+    return f"{where}, queued for {settings.send_to}"
+
+
+def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event, echo: Callable[[str], None]) -> None:
+    """Try every outbox entry whose time has come (except the series in ``hold``), one log line each."""
+    if settings.send_to is None:
+        return
+    peer = settings.send_to
+
+    def send(path: Path) -> None:
+        send_files(peer, [path], calling_ae=settings.ae_title)
+
+    for path, entry in outbox.due(settings.outbox_dir, hold):
+        if stop.is_set():
+            return
+        ending = outbox.attempt(path, entry, send, str(peer), settings.retry_s, settings.max_retry_s)
+        echo(f"{'' if entry['state'] == outbox.SENT else 'error: '}series {entry['series']}: DICOM SEG "
+             f"{path.stem} {ending}")
 
 
 def process_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> bool:
     """Segment one quiet series folder, log any failure in one line, and mark the folder done.
 
+    SEGs of the folder still waiting in the outbox are superseded first: the series changed since.
+
     Returns:
-        True when it was segmented (and sent), False when it failed.
+        True when it was segmented (and its SEGs queued), False when it failed.
     """
     started = time.time()
+    superseded = outbox.supersede(settings.outbox_dir, folder.name)
+    if superseded:
+        echo(f"series {folder.name}: {superseded} unsent DICOM SEG(s) superseded (the series changed)")
     try:
         segment_folder(predictor, folder, settings, echo)
         ok = True
@@ -248,8 +293,8 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     store = make_output_dir(settings.store_dir)
     tracker = SeriesTracker()
     for folder in unfinished_folders(store):
-        remove_stale_temporaries(folder)
         tracker.touch(folder)
+    outbox.tidy(settings.outbox_dir)
     if settings.send_to is not None:
         try:
             echo_peer(settings.send_to, calling_ae=settings.ae_title)
@@ -276,6 +321,7 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
                     break
                 process_folder(predictor, folder, settings, echo)
                 tracker.finish(folder, last)
+            send_due(settings, tracker.names(), stop, echo)
     finally:
         for assoc in server.active_associations:  # a peer idling on an open association must not delay the stop
             assoc.abort()  # unacknowledged instances are the sender's to resend
