@@ -111,8 +111,9 @@ def test_refusal_reasons():
     (["--host", "0.0.0.0"], "--host 0.0.0.0 needs --allow or --allow-file"),
     (["--allow", "PACS"], "--allow expects AE@HOST[:PORT]"),
     (["--allow", "PACS@no-such-host.invalid"], "does not resolve"),
+    (["--max-store", "0"], "--max-store must be more than 0 GB"),
 ])
-def test_bad_access_options_are_one_line_errors(args, message, tmp_path):
+def test_bad_serve_options_are_one_line_errors(args, message, tmp_path):
     result = runner.invoke(app, ["serve", str(tmp_path), *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
 
@@ -303,3 +304,100 @@ def test_kill_while_sending_then_restart_sends_once(orthanc, model, data_path, t
     finally:
         node.stop()
         relay.close()
+
+
+def _store_statuses(port: int, files) -> list[int]:
+    """C-STORE ``files`` to the node over one association; the status of each."""
+    from pynetdicom import AE, StoragePresentationContexts
+
+    sender = AE(ae_title="SENDER")
+    sender.requested_contexts = StoragePresentationContexts
+    assoc = sender.associate("127.0.0.1", port, ae_title="MEDSEG")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in files]
+    finally:
+        assoc.release()
+
+
+def test_max_store_refuses_before_writing(model, data_path, tmp_path):
+    files = sorted(data_path(STUDY1).glob("*.dcm"))
+    size = sum(f.stat().st_size for f in files)
+    settings = NodeSettings(port=free_port(), out=tmp_path / "out", quiet_s=600, device="cpu", precision="fp32",
+                            max_store_gb=size / 2 / 1e9)
+    lines, stop, thread = node_thread(model, settings)
+    try:
+        statuses = _store_statuses(settings.port, files)
+    finally:
+        stop.set()
+        thread.join(60)
+    stored = statuses.count(0)
+    assert 0 < stored < len(files) and statuses[stored:] == [0xA700] * (len(files) - stored), statuses
+    (folder,) = settings.store_dir.iterdir()
+    written = list(folder.iterdir())
+    assert len(written) == stored and sum(f.stat().st_size for f in written) <= size / 2  # nothing else written
+    assert any("refused an instance: the store holds" in line for line in lines), lines
+
+
+class FakeStore:
+    """What the C-STORE handler reads of a pynetdicom event."""
+
+    def __init__(self, path):
+        self.dataset = pydicom.dcmread(path)
+        self.request = type("Request", (), {"AffectedSOPInstanceUID": self.dataset.SOPInstanceUID})()
+        self._data = path.read_bytes()
+
+    def encoded_dataset(self) -> bytes:
+        return self._data
+
+
+def test_full_disk_answers_out_of_resources_and_leaves_no_file(data_path, tmp_path, monkeypatch):
+    import errno
+
+    from medseg.dicomnet import node
+    from medseg.dicomnet.budget import StoreBudget
+    from medseg.io.atomic import atomic_path
+
+    def disk_full(path, data, overwrite=True):  # the disk fills halfway through the write
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    event, lines = FakeStore(sorted(data_path(STUDY1).glob("*.dcm"))[0]), []
+    budget = StoreBudget(tmp_path, max_bytes=1e9)
+    monkeypatch.setattr(node, "write_bytes_atomic", disk_full)
+    assert node.store_instance(event, tmp_path, node.SeriesTracker(), budget, lines.append) == 0xA700
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and budget.used == 0
+    assert "cannot write an instance (No space left on device)" in lines[0]
+    monkeypatch.undo()
+    floor = StoreBudget(tmp_path, min_free_bytes=1e18)  # more free space than any disk has
+    assert node.store_instance(event, tmp_path, node.SeriesTracker(), floor, lines.append) == 0xA700
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and "--min-free is" in lines[1]
+
+
+def test_concurrent_senders_are_segmented_one_at_a_time(orthanc, model, data_path, tmp_path):
+    sources = [data_path(STUDY1), data_path(STUDY2), data_path(STUDY1)]
+    series = [series_copy(src, tmp_path / f"s{k}", f"concurrent-{k}") for k, src in enumerate(sources)]
+    settings = NodeSettings(port=free_port(), out=tmp_path / "out", quiet_s=2, device="cpu", precision="fp32",
+                            send_to=Peer("ORTHANC", "127.0.0.1", orthanc.dicom_port))
+    lines, stop, thread = node_thread(model, settings)
+    barrier, results = threading.Barrier(len(series)), {}
+
+    def send(k):
+        barrier.wait()
+        results[k] = _store_statuses(settings.port, series[k])
+
+    try:
+        senders = [threading.Thread(target=send, args=(k,)) for k in range(len(series))]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(60)
+        assert all(results[k] == [0] * len(series[k]) for k in range(len(series))), results
+        uids = [str(pydicom.dcmread(files[0]).SeriesInstanceUID) for files in series]
+        wait_for(lambda: all(orthanc.seg_tags(uid) for uid in uids), 120, "the three SEGs in Orthanc")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert [len(orthanc.seg_tags(uid)) for uid in uids] == [1, 1, 1]
+    assert sum(" segmented in " in line for line in lines) == 3 and not any("error" in line for line in lines), lines

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification
 
 from medseg.dicomnet import outbox
 from medseg.dicomnet.access import AllowedPeer, check_association, listen_host
+from medseg.dicomnet.budget import GB, StoreBudget
 from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
 from medseg.infer.case import segment_case
@@ -60,6 +61,8 @@ class NodeSettings:
         allowed: Peers that may associate; empty: only this machine (loopback).
         host: Address to listen on; None: every interface with an allow list, else loopback.
         retry_s: Seconds before a failed send is tried again, doubling each time up to ``max_retry_s``.
+        max_store_gb, min_free_gb: Instances that would make the store larger, or leave less free on its disk,
+            are refused with "out of resources" before anything is written.
     """
 
     ae_title: str = "MEDSEG"
@@ -75,6 +78,8 @@ class NodeSettings:
     allowed: list[AllowedPeer] = field(default_factory=list)
     retry_s: float = 30.0
     max_retry_s: float = 3600.0
+    max_store_gb: float | None = None
+    min_free_gb: float = 0.0
 
     @property
     def store_dir(self) -> Path:
@@ -130,12 +135,14 @@ def uid_digest(uid: str) -> str:
     return hashlib.sha256(uid.strip().encode()).hexdigest()[:16]
 
 
-def store_instance(event, store: Path, tracker: SeriesTracker, echo: Callable[[str], None]) -> int:
+def store_instance(event, store: Path, tracker: SeriesTracker, budget: StoreBudget,
+                   echo: Callable[[str], None]) -> int:
     """C-STORE handler: write the instance under ``store`` (atomically, fsynced), then answer success.
 
     Returns:
         The C-STORE status: success only once the file is on disk; "cannot understand" for an instance
-        without a SeriesInstanceUID; "out of resources" when it cannot be written.
+        without a SeriesInstanceUID; "out of resources" when ``budget`` has no room for it (nothing written)
+        or it cannot be written (nothing left: the temporary file is removed).
     """
     try:
         series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
@@ -148,11 +155,18 @@ def store_instance(event, store: Path, tracker: SeriesTracker, echo: Callable[[s
         echo("error: refused an instance without SeriesInstanceUID or SOPInstanceUID")
         return STATUS_CANNOT_UNDERSTAND
     folder = store / uid_digest(series_uid)
+    path = folder / f"{uid_digest(sop_uid)}.dcm"
+    if full := budget.reserve(len(data)):
+        echo(f"error: series {folder.name}: refused an instance: {full}")
+        return STATUS_OUT_OF_RESOURCES
     try:
-        write_bytes_atomic(folder / f"{uid_digest(sop_uid)}.dcm", data)
+        replaced = path.stat().st_size if path.exists() else 0  # a re-sent instance replaces its own file
+        write_bytes_atomic(path, data)
     except (OSError, MedsegError) as exc:
+        budget.release(len(data))
         echo(f"error: series {folder.name}: cannot write an instance ({getattr(exc, 'strerror', None) or exc})")
         return STATUS_OUT_OF_RESOURCES
+    budget.release(replaced)
     if tracker.touch(folder):
         echo(f"series {folder.name}: receiving")
     return STATUS_SUCCESS
@@ -295,6 +309,8 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     for folder in unfinished_folders(store):
         tracker.touch(folder)
     outbox.tidy(settings.outbox_dir)
+    budget = StoreBudget(store, None if settings.max_store_gb is None else settings.max_store_gb * GB,
+                         settings.min_free_gb * GB)
     if settings.send_to is not None:
         try:
             echo_peer(settings.send_to, calling_ae=settings.ae_title)
@@ -306,14 +322,14 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     handlers = [(evt.EVT_REQUESTED, check_association, [settings.ae_title, settings.allowed, echo]),
-                (evt.EVT_C_STORE, store_instance, [store, tracker, echo])]
+                (evt.EVT_C_STORE, store_instance, [store, tracker, budget, echo])]
     try:
         server = ae.start_server((host, settings.port), block=False, evt_handlers=handlers)
     except OSError as exc:
         raise MedsegError(f"cannot listen on {host}:{settings.port} ({exc.strerror or exc})") from None
     peers = ", ".join(map(str, settings.allowed)) or "this machine only (no allow list)"
     echo(f"listening as {settings.ae_title} on {host}:{settings.port} for {peers}; model {predictor.model_id}; "
-         f"instances in {store}; {tracker.pending()} unfinished series from before")
+         f"instances in {store} ({budget.describe()}); {tracker.pending()} unfinished series from before")
     try:
         while not stop.wait(POLL_SECONDS):
             for folder, last in tracker.quiet(settings.quiet_s):
