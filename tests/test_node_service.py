@@ -345,7 +345,7 @@ class FakeStore:
     def __init__(self, path):
         self.dataset = pydicom.dcmread(path)
         self.request = type("Request", (), {"AffectedSOPInstanceUID": self.dataset.SOPInstanceUID})()
-        self._data = path.read_bytes()
+        self._data, self.assoc = path.read_bytes(), object()
 
     def encoded_dataset(self) -> bytes:
         return self._data
@@ -355,6 +355,7 @@ def test_full_disk_answers_out_of_resources_and_leaves_no_file(data_path, tmp_pa
     import errno
 
     from medseg.dicomnet import node
+    from medseg.dicomnet.audit import AssociationLog
     from medseg.dicomnet.budget import StoreBudget
     from medseg.io.atomic import atomic_path
 
@@ -366,16 +367,18 @@ def test_full_disk_answers_out_of_resources_and_leaves_no_file(data_path, tmp_pa
     event, lines = FakeStore(sorted(data_path(STUDY1).glob("*.dcm"))[0]), []
     budget = StoreBudget(tmp_path, max_bytes=1e9)
     monkeypatch.setattr(node, "write_bytes_atomic", disk_full)
-    assert node.store_instance(event, tmp_path, node.SeriesTracker(), budget, lines.append) == 0xA700
+    associations = AssociationLog(lines.append)
+    assert node.store_instance(event, tmp_path, node.SeriesTracker(), budget, associations, lines.append) == 0xA700
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and budget.used == 0
     assert "cannot write an instance (No space left on device)" in lines[0]
     monkeypatch.undo()
     floor = StoreBudget(tmp_path, min_free_bytes=1e18)  # more free space than any disk has
-    assert node.store_instance(event, tmp_path, node.SeriesTracker(), floor, lines.append) == 0xA700
+    assert node.store_instance(event, tmp_path, node.SeriesTracker(), floor, AssociationLog(lines.append),
+                               lines.append) == 0xA700
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and "--min-free is" in lines[1]
 
 
-def test_concurrent_senders_are_segmented_one_at_a_time(orthanc, model, data_path, tmp_path):
+def test_concurrent_senders_are_segmented_one_at_a_time_and_audited(orthanc, model, data_path, tmp_path):
     sources = [data_path(STUDY1), data_path(STUDY2), data_path(STUDY1)]
     series = [series_copy(src, tmp_path / f"s{k}", f"concurrent-{k}") for k, src in enumerate(sources)]
     settings = NodeSettings(port=free_port(), out=tmp_path / "out", quiet_s=2, device="cpu", precision="fp32",
@@ -401,3 +404,15 @@ def test_concurrent_senders_are_segmented_one_at_a_time(orthanc, model, data_pat
         thread.join(60)
     assert [len(orthanc.seg_tags(uid)) for uid in uids] == [1, 1, 1]
     assert sum(" segmented in " in line for line in lines) == 3 and not any("error" in line for line in lines), lines
+    audit = (settings.out / "audit.log").read_text().splitlines()
+    assert [entry.split(" ", 1)[1] for entry in audit] == lines  # every node line, after its UTC time
+    for files in series:
+        line = f"association from 'SENDER' at 127.0.0.1: {len(files)} instance(s) stored, 0 refused, series " \
+               f"{uid_digest(str(pydicom.dcmread(files[0]).SeriesInstanceUID))}; released"
+        assert sum(entry.endswith(line) for entry in audit) == 1, audit
+    assert sum(" segmented in " in entry and "queued for ORTHANC@" in entry for entry in audit) == 3
+    assert sum(" sent to ORTHANC@" in entry for entry in audit) == 3
+    ds = pydicom.dcmread(series[0][0])
+    secrets = {str(ds.get(tag, "")) for tag in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate",
+                                               "SeriesDate", "AcquisitionDate", "ContentDate")} - {""}
+    assert secrets and not any(secret in entry for entry in audit for secret in secrets), secrets

@@ -136,13 +136,13 @@ def check_association(event, our_ae: str, allowed: list[AllowedPeer], echo: Call
         diagnostic, reason = found
         event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
         event.assoc.kill()  # waits until the reject is sent and the connection closed, as pynetdicom's own checks do
-        echo(f"refused association from '{_printable(calling)}' at {address}: {reason}")
+        echo(f"refused association from '{printable_ae(calling)}' at {address}: {reason}")
 
 
 def _ae_text(value) -> str:
     return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
 
 
-def _printable(text: str) -> str:
+def printable_ae(text: str) -> str:
     """An AE title as it may appear in a log line: printable ASCII, at most 16 characters."""
     return "".join(ch if ch.isprintable() and ch.isascii() else "?" for ch in text)[:16]

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification
 
 from medseg.dicomnet import outbox
 from medseg.dicomnet.access import AllowedPeer, check_association, listen_host
+from medseg.dicomnet.audit import AssociationLog, open_audit, tee
 from medseg.dicomnet.budget import GB, StoreBudget
 from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.errors import MedsegError
@@ -135,41 +136,50 @@ def uid_digest(uid: str) -> str:
     return hashlib.sha256(uid.strip().encode()).hexdigest()[:16]
 
 
-def store_instance(event, store: Path, tracker: SeriesTracker, budget: StoreBudget,
+def store_instance(event, store: Path, tracker: SeriesTracker, budget: StoreBudget, associations: AssociationLog,
                    echo: Callable[[str], None]) -> int:
-    """C-STORE handler: write the instance under ``store`` (atomically, fsynced), then answer success.
+    """C-STORE handler: write the instance under ``store`` (atomically, fsynced), then answer success; the
+    answer is counted for the association's audit line.
 
     Returns:
         The C-STORE status: success only once the file is on disk; "cannot understand" for an instance
         without a SeriesInstanceUID; "out of resources" when ``budget`` has no room for it (nothing written)
         or it cannot be written (nothing left: the temporary file is removed).
     """
+    status, series = _store(event, store, tracker, budget, echo)
+    associations.count(event.assoc, series, status == STATUS_SUCCESS)
+    return status
+
+
+def _store(event, store: Path, tracker: SeriesTracker, budget: StoreBudget,
+           echo: Callable[[str], None]) -> tuple[int, str]:
+    """:func:`store_instance`'s work: the status and the series' UID hash ("" when unknown)."""
     try:
         series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         data = event.encoded_dataset()
     except Exception as exc:  # a dataset pydicom cannot decode
         echo(f"error: refused an instance that cannot be decoded ({type(exc).__name__})")
-        return STATUS_CANNOT_UNDERSTAND
+        return STATUS_CANNOT_UNDERSTAND, ""
     if not series_uid or not sop_uid:
         echo("error: refused an instance without SeriesInstanceUID or SOPInstanceUID")
-        return STATUS_CANNOT_UNDERSTAND
+        return STATUS_CANNOT_UNDERSTAND, ""
     folder = store / uid_digest(series_uid)
     path = folder / f"{uid_digest(sop_uid)}.dcm"
     if full := budget.reserve(len(data)):
         echo(f"error: series {folder.name}: refused an instance: {full}")
-        return STATUS_OUT_OF_RESOURCES
+        return STATUS_OUT_OF_RESOURCES, folder.name
     try:
         replaced = path.stat().st_size if path.exists() else 0  # a re-sent instance replaces its own file
         write_bytes_atomic(path, data)
     except (OSError, MedsegError) as exc:
         budget.release(len(data))
         echo(f"error: series {folder.name}: cannot write an instance ({getattr(exc, 'strerror', None) or exc})")
-        return STATUS_OUT_OF_RESOURCES
+        return STATUS_OUT_OF_RESOURCES, folder.name
     budget.release(replaced)
     if tracker.touch(folder):
         echo(f"series {folder.name}: receiving")
-    return STATUS_SUCCESS
+    return STATUS_SUCCESS, folder.name
 
 
 def unfinished_folders(store: Path) -> list[Path]:
@@ -292,8 +302,9 @@ def stop_on_signals() -> threading.Event:
 
 
 def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Event,
-          echo: Callable[[str], None] = print) -> None:
-    """Run the node until ``stop`` is set: receive, segment quiet series, send SEGs.
+             echo: Callable[[str], None] = print) -> None:
+    """Run the node until ``stop`` is set: receive, segment quiet series, send SEGs. Every line it logs is
+    also written to the audit log ``OUT/audit.log``.
 
     On stop the series being segmented is finished, series still waiting are left in the store (segmented
     at the next start), and the association server is shut down.
@@ -304,6 +315,16 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     host = listen_host(settings.host, settings.allowed)
     predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
     make_output_dir(settings.out)
+    audit, close_audit = open_audit(settings.out)
+    echo = tee(echo, audit)
+    try:
+        _serve(predictor, host, settings, stop, echo)
+    finally:
+        close_audit()
+
+
+def _serve(predictor, host: str, settings: NodeSettings, stop: threading.Event, echo: Callable[[str], None]) -> None:
+    """:func:`run_node` once the model is loaded: recover the store and outbox, listen, and loop."""
     store = make_output_dir(settings.store_dir)
     tracker = SeriesTracker()
     for folder in unfinished_folders(store):
@@ -316,17 +337,7 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
             echo_peer(settings.send_to, calling_ae=settings.ae_title)
         except MedsegError as exc:
             echo(f"warning: {exc}; SEGs that cannot be sent stay in {settings.out}")
-    ae = AE(ae_title=settings.ae_title)
-    ae.require_called_aet = True
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification)
-    handlers = [(evt.EVT_REQUESTED, check_association, [settings.ae_title, settings.allowed, echo]),
-                (evt.EVT_C_STORE, store_instance, [store, tracker, budget, echo])]
-    try:
-        server = ae.start_server((host, settings.port), block=False, evt_handlers=handlers)
-    except OSError as exc:
-        raise MedsegError(f"cannot listen on {host}:{settings.port} ({exc.strerror or exc})") from None
+    server = _start_server(host, settings, [store, tracker, budget, AssociationLog(echo), echo])
     peers = ", ".join(map(str, settings.allowed)) or "this machine only (no allow list)"
     echo(f"listening as {settings.ae_title} on {host}:{settings.port} for {peers}; model {predictor.model_id}; "
          f"instances in {store} ({budget.describe()}); {tracker.pending()} unfinished series from before")
@@ -343,3 +354,25 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
             assoc.abort()  # unacknowledged instances are the sender's to resend
         server.shutdown()
     echo(f"stopped; {tracker.pending()} series left for the next start")
+
+
+def _start_server(host: str, settings: NodeSettings, store_args: list):
+    """Start the association server (C-ECHO, C-STORE of every storage class) with the access check, the
+    C-STORE handler (called with ``store_args``) and the association audit lines.
+
+    Raises:
+        MedsegError: when the port cannot be opened.
+    """
+    associations, echo = store_args[-2], store_args[-1]
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    handlers = [(evt.EVT_REQUESTED, check_association, [settings.ae_title, settings.allowed, echo]),
+                (evt.EVT_ESTABLISHED, associations.established), (evt.EVT_CONN_CLOSE, associations.closed),
+                (evt.EVT_C_STORE, store_instance, store_args)]
+    try:
+        return ae.start_server((host, settings.port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise MedsegError(f"cannot listen on {host}:{settings.port} ({exc.strerror or exc})") from None
