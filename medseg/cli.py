@@ -382,6 +382,10 @@ def serve(
                                            "0xA700, before writing) once the store holds this much."),
     min_free: float = typer.Option(0.0, "--min-free", metavar="GB", help="Refuse instances that would leave less "
                                    "than this free on the store's disk."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: listen (and send) over TLS only."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="PEM CA: callers must present a certificate it "
+                                       "signed, and --send-to's is checked against it."),
     retry_seconds: float = typer.Option(30.0, "--retry-seconds", help="Wait before sending a SEG again after a "
                                         "failed send; doubles each time, up to an hour."),
     modality: str | None = typer.Option(None, "--modality", help="Only series of this modality."),
@@ -399,17 +403,21 @@ def serve(
     from medseg.dicomnet.access import parse_allowed, read_allow_file
     from medseg.dicomnet.client import parse_peer
     from medseg.dicomnet.node import NodeSettings, run_node, stop_on_signals
+    from medseg.dicomnet.tls import TlsFiles
     from medseg.errors import UsageError
     from medseg.infer.inputs import SeriesFilter
 
     entries = list(allow or []) + (read_allow_file(allow_file) if allow_file else [])
     if (max_store is not None and max_store <= 0) or min_free < 0:
         raise UsageError("--max-store must be more than 0 GB and --min-free at least 0 GB")
+    if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
+        raise UsageError("TLS needs both --tls-cert and --tls-key (--tls-ca adds checking the peers' certificates)")
     settings = NodeSettings(ae_title=ae_title, host=host, port=port, out=out, store=store,
                             send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,
                             series=SeriesFilter(modality, description, min_slices), device=device,
                             precision=precision, allowed=[parse_allowed(entry) for entry in entries],
-                            retry_s=retry_seconds, max_store_gb=max_store, min_free_gb=min_free)
+                            retry_s=retry_seconds, max_store_gb=max_store, min_free_gb=min_free,
+                            tls=TlsFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None)
     run_node(model, settings, stop_on_signals(), echo=say)
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

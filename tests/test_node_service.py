@@ -416,3 +416,84 @@ def test_concurrent_senders_are_segmented_one_at_a_time_and_audited(orthanc, mod
     secrets = {str(ds.get(tag, "")) for tag in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate",
                                                "SeriesDate", "AcquisitionDate", "ContentDate")} - {""}
     assert secrets and not any(secret in entry for entry in audit for secret in secrets), secrets
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and two certificates it signs (the node's, for 127.0.0.1, and a caller's), plus a caller
+    certificate signed by nobody the node trusts; PEM files in ``folder``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    paths = {}
+
+    def issue(name, issuer_name=None, issuer_key=None, ca=False):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        paths[name] = folder / f"{name}.crt"
+        paths[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{name}-key"] = folder / f"{name}.key"
+        paths[f"{name}-key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+        return subject, key
+
+    ca_name, ca_key = issue("ca", ca=True)
+    issue("node", ca_name, ca_key)
+    issue("caller", ca_name, ca_key)
+    issue("stranger")  # self-signed
+    return paths
+
+
+def test_tls_node_needs_tls_and_a_certificate_from_its_ca(model, data_path, tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    from medseg.dicomnet import tls
+    from medseg.dicomnet.tls import TlsFiles, client_context
+
+    monkeypatch.setattr(tls, "HANDSHAKE_TIMEOUT_S", 1.0)
+    certs = _certificates(tmp_path)
+    settings = NodeSettings(port=free_port(), out=tmp_path / "out", quiet_s=600, device="cpu", precision="fp32",
+                            tls=TlsFiles(certs["node"], certs["node-key"], certs["ca"]))
+    lines, stop, thread = node_thread(model, settings)
+    peer = Peer("MEDSEG", "127.0.0.1", settings.port)
+    try:
+        assert " over TLS (callers' certificates checked) " in lines[-1]
+        caller = client_context(TlsFiles(certs["caller"], certs["caller-key"], certs["ca"]))
+        echo_peer(peer, tls=caller, timeout_s=10)
+        files = sorted(data_path(STUDY1).glob("*.dcm"))[:3]
+        assert send_files(peer, files, tls=caller, timeout_s=10) == 3
+        with pytest.raises(MedsegError, match="cannot associate"):  # plain TCP to a TLS-only node
+            echo_peer(peer, timeout_s=10)
+        stranger = client_context(TlsFiles(certs["stranger"], certs["stranger-key"], certs["ca"]))
+        with pytest.raises(MedsegError, match="cannot associate"):  # a certificate the node's CA did not sign
+            echo_peer(peer, tls=stranger, timeout_s=10)
+        with socket.create_connection(("127.0.0.1", settings.port)):  # a caller that never shakes hands
+            time.sleep(0.2)
+            echo_peer(peer, tls=caller, timeout_s=10)  # does not hold the node up past the handshake timeout
+    finally:
+        stop.set()
+        thread.join(60)
+    assert sum(line.startswith("association from 'MEDSEG' at 127.0.0.1: ") for line in lines) == 3, lines
+
+
+def test_bad_tls_files_are_one_line_errors(tmp_path):
+    (tmp_path / "x.pem").write_text("not a certificate")
+    for args, message in ((["--tls-cert", str(tmp_path / "x.pem")], "TLS needs both --tls-cert and --tls-key"),
+                          (["--tls-cert", str(tmp_path / "x.pem"), "--tls-key", str(tmp_path / "x.pem")],
+                           "--tls-cert/--tls-key cannot be used")):
+        result = runner.invoke(app, ["serve", str(tmp_path), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

@@ -36,6 +36,7 @@ from medseg.dicomnet.access import AllowedPeer, check_association, listen_host
 from medseg.dicomnet.audit import AssociationLog, open_audit, tee
 from medseg.dicomnet.budget import GB, StoreBudget
 from medseg.dicomnet.client import Peer, echo_peer, send_files
+from medseg.dicomnet.tls import TlsFiles, client_context, server_context
 from medseg.errors import MedsegError
 from medseg.infer.case import segment_case
 from medseg.infer.inputs import SeriesFilter, discover
@@ -64,6 +65,7 @@ class NodeSettings:
         retry_s: Seconds before a failed send is tried again, doubling each time up to ``max_retry_s``.
         max_store_gb, min_free_gb: Instances that would make the store larger, or leave less free on its disk,
             are refused with "out of resources" before anything is written.
+        tls: Certificate, key and CA for TLS on the listener and towards ``send_to``; None: plain TCP.
     """
 
     ae_title: str = "MEDSEG"
@@ -81,6 +83,7 @@ class NodeSettings:
     max_retry_s: float = 3600.0
     max_store_gb: float | None = None
     min_free_gb: float = 0.0
+    tls: TlsFiles | None = None
 
     @property
     def store_dir(self) -> Path:
@@ -248,14 +251,16 @@ def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, d
     return f"{where}, queued for {settings.send_to}"
 
 
-def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event, echo: Callable[[str], None]) -> None:
-    """Try every outbox entry whose time has come (except the series in ``hold``), one log line each."""
+def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event, echo: Callable[[str], None],
+             tls=None) -> None:
+    """Try every outbox entry whose time has come (except the series in ``hold``), one log line each, over TLS
+    with the ``tls`` context when given."""
     if settings.send_to is None:
         return
     peer = settings.send_to
 
     def send(path: Path) -> None:
-        send_files(peer, [path], calling_ae=settings.ae_title)
+        send_files(peer, [path], calling_ae=settings.ae_title, tls=tls)
 
     for path, entry in outbox.due(settings.outbox_dir, hold):
         if stop.is_set():
@@ -313,18 +318,21 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
         MedsegError: when the model cannot be loaded or the port cannot be opened.
     """
     host = listen_host(settings.host, settings.allowed)
+    tls = (server_context(settings.tls), client_context(settings.tls)) if settings.tls else (None, None)
     predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
     make_output_dir(settings.out)
     audit, close_audit = open_audit(settings.out)
     echo = tee(echo, audit)
     try:
-        _serve(predictor, host, settings, stop, echo)
+        _serve(predictor, host, tls, settings, stop, echo)
     finally:
         close_audit()
 
 
-def _serve(predictor, host: str, settings: NodeSettings, stop: threading.Event, echo: Callable[[str], None]) -> None:
-    """:func:`run_node` once the model is loaded: recover the store and outbox, listen, and loop."""
+def _serve(predictor, host: str, tls: tuple, settings: NodeSettings, stop: threading.Event,
+           echo: Callable[[str], None]) -> None:
+    """:func:`run_node` once the model is loaded: recover the store and outbox, listen, and loop. ``tls``:
+    the server's and the client's SSL contexts, or two Nones."""
     store = make_output_dir(settings.store_dir)
     tracker = SeriesTracker()
     for folder in unfinished_folders(store):
@@ -334,12 +342,13 @@ def _serve(predictor, host: str, settings: NodeSettings, stop: threading.Event, 
                          settings.min_free_gb * GB)
     if settings.send_to is not None:
         try:
-            echo_peer(settings.send_to, calling_ae=settings.ae_title)
+            echo_peer(settings.send_to, calling_ae=settings.ae_title, tls=tls[1])
         except MedsegError as exc:
             echo(f"warning: {exc}; SEGs that cannot be sent stay in {settings.out}")
-    server = _start_server(host, settings, [store, tracker, budget, AssociationLog(echo), echo])
+    server = _start_server(host, settings, tls[0], [store, tracker, budget, AssociationLog(echo), echo])
     peers = ", ".join(map(str, settings.allowed)) or "this machine only (no allow list)"
-    echo(f"listening as {settings.ae_title} on {host}:{settings.port} for {peers}; model {predictor.model_id}; "
+    secure = "" if not settings.tls else " over TLS" + (" (callers' certificates checked)" if settings.tls.ca else "")
+    echo(f"listening as {settings.ae_title} on {host}:{settings.port}{secure} for {peers}; model {predictor.model_id}; "
          f"instances in {store} ({budget.describe()}); {tracker.pending()} unfinished series from before")
     try:
         while not stop.wait(POLL_SECONDS):
@@ -348,7 +357,7 @@ def _serve(predictor, host: str, settings: NodeSettings, stop: threading.Event, 
                     break
                 process_folder(predictor, folder, settings, echo)
                 tracker.finish(folder, last)
-            send_due(settings, tracker.names(), stop, echo)
+            send_due(settings, tracker.names(), stop, echo, tls[1])
     finally:
         for assoc in server.active_associations:  # a peer idling on an open association must not delay the stop
             assoc.abort()  # unacknowledged instances are the sender's to resend
@@ -356,9 +365,10 @@ def _serve(predictor, host: str, settings: NodeSettings, stop: threading.Event, 
     echo(f"stopped; {tracker.pending()} series left for the next start")
 
 
-def _start_server(host: str, settings: NodeSettings, store_args: list):
-    """Start the association server (C-ECHO, C-STORE of every storage class) with the access check, the
-    C-STORE handler (called with ``store_args``) and the association audit lines.
+def _start_server(host: str, settings: NodeSettings, tls, store_args: list):
+    """Start the association server (C-ECHO, C-STORE of every storage class; TLS only, with the ``tls``
+    context) with the access check, the C-STORE handler (called with ``store_args``) and the association
+    audit lines.
 
     Raises:
         MedsegError: when the port cannot be opened.
@@ -373,6 +383,6 @@ def _start_server(host: str, settings: NodeSettings, store_args: list):
                 (evt.EVT_ESTABLISHED, associations.established), (evt.EVT_CONN_CLOSE, associations.closed),
                 (evt.EVT_C_STORE, store_instance, store_args)]
     try:
-        return ae.start_server((host, settings.port), block=False, evt_handlers=handlers)
+        return ae.start_server((host, settings.port), block=False, evt_handlers=handlers, ssl_context=tls)
     except OSError as exc:
         raise MedsegError(f"cannot listen on {host}:{settings.port} ({exc.strerror or exc})") from None
