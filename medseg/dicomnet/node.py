@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ DONE_MARKER = ".medseg-done"
 # C-STORE statuses the receiver answers: success, "out of resources" (could not write), "cannot understand".
 STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 POLL_SECONDS = 0.2  # how often the scheduler looks for quiet series and for a stop request
+OUTBOX_SCAN_S = 5.0  # how often it reads the outbox for sends that are due, besides after each series
 
 
 @dataclass
@@ -252,7 +254,7 @@ def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, d
 
 
 def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event, echo: Callable[[str], None],
-             tls=None) -> None:
+             tls: ssl.SSLContext | None = None) -> None:
     """Try every outbox entry whose time has come (except the series in ``hold``), one log line each, over TLS
     with the ``tls`` context when given."""
     if settings.send_to is None:
@@ -350,14 +352,18 @@ def _serve(predictor, host: str, tls: tuple, settings: NodeSettings, stop: threa
     secure = "" if not settings.tls else " over TLS" + (" (callers' certificates checked)" if settings.tls.ca else "")
     echo(f"listening as {settings.ae_title} on {host}:{settings.port}{secure} for {peers}; model {predictor.model_id}; "
          f"instances in {store} ({budget.describe()}); {tracker.pending()} unfinished series from before")
+    next_scan = 0.0  # time.monotonic() of the next outbox scan
     try:
         while not stop.wait(POLL_SECONDS):
-            for folder, last in tracker.quiet(settings.quiet_s):
+            quiet = tracker.quiet(settings.quiet_s)
+            for folder, last in quiet:
                 if stop.is_set():
                     break
                 process_folder(predictor, folder, settings, echo)
                 tracker.finish(folder, last)
-            send_due(settings, tracker.names(), stop, echo, tls[1])
+            if quiet or time.monotonic() >= next_scan:
+                send_due(settings, tracker.names(), stop, echo, tls[1])
+                next_scan = time.monotonic() + OUTBOX_SCAN_S
     finally:
         for assoc in server.active_associations:  # a peer idling on an open association must not delay the stop
             assoc.abort()  # unacknowledged instances are the sender's to resend
