@@ -397,7 +397,7 @@ def serve(
 ):
     """Run a DICOM node (C-STORE and C-ECHO): store every received instance, segment each series once it has
     been quiet for --quiet-seconds (the checks and outputs of `medseg infer`), and send its DICOM SEG to
-    --send-to (queued on disk: retried until accepted, never sent twice, across restarts). Only --allow peers
+    --send-to (queued on disk: retried until accepted, then never again, across restarts). Only --allow peers
     may call (without any: this machine only). A failing series is logged and the node goes on; SIGTERM or
     Ctrl-C stops it (exit code 0)."""
     from medseg.dicomnet.access import parse_allowed, read_allow_file
