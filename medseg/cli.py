@@ -370,14 +370,28 @@ def demo(
 def serve(
     model: Path = typer.Argument(..., help="Model folder from `medseg train` or `medseg export`, or its .zip."),
     ae_title: str = typer.Option("MEDSEG", "--ae-title", help="This node's AE title (calls to others are refused)."),
-    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on (127.0.0.1: this machine only)."),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default: every interface with "
+                                    "an allow list, else 127.0.0.1: this machine only)."),
     port: int = typer.Option(11112, "--port", help="TCP port to listen on."),
+    allow: list[str] | None = typer.Option(None, "--allow", metavar="AE@HOST[:PORT]",
+                                           help="A peer that may associate (repeatable); others are refused."),
+    allow_file: Path | None = typer.Option(None, "--allow-file", help="YAML list of AE@HOST[:PORT] peers."),
     send_to: str | None = typer.Option(None, "--send-to", metavar="AE@HOST:PORT",
                                        help="C-STORE each DICOM SEG to this node (e.g. the PACS that sent it)."),
     out: Path = typer.Option(Path("medseg-node"), "--out", "-o", help="Output folder (as `medseg infer` writes it)."),
     store: Path | None = typer.Option(None, "--store", help="Folder for received instances (default: OUT/incoming)."),
     quiet_seconds: float = typer.Option(10.0, "--quiet-seconds", help="A series is complete when nothing arrived "
                                         "for it for this many seconds."),
+    max_store: float | None = typer.Option(None, "--max-store", metavar="GB", help="Refuse instances (status "
+                                           "0xA700, before writing) once the store holds this much."),
+    min_free: float = typer.Option(0.0, "--min-free", metavar="GB", help="Refuse instances that would leave less "
+                                   "than this free on the store's disk."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: listen (and send) over TLS only."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="PEM CA: callers must present a certificate it "
+                                       "signed, and --send-to's is checked against it."),
+    retry_seconds: float = typer.Option(30.0, "--retry-seconds", help="Wait before sending a SEG again after a "
+                                        "failed send; doubles each time, up to an hour."),
     modality: str | None = typer.Option(None, "--modality", help="Only series of this modality."),
     description: str | None = typer.Option(None, "--description",
                                            help="Only series whose description matches this regex."),
@@ -387,15 +401,27 @@ def serve(
 ):
     """Run a DICOM node (C-STORE and C-ECHO): store every received instance, segment each series once it has
     been quiet for --quiet-seconds (the checks and outputs of `medseg infer`), and send its DICOM SEG to
-    --send-to. A failing series is logged and the node goes on; SIGTERM or Ctrl-C stops it (exit code 0)."""
+    --send-to (queued on disk: retried until accepted, then never again, across restarts). Only --allow peers
+    may call (without any: this machine only). A failing series is logged and the node goes on; SIGTERM or
+    Ctrl-C stops it (exit code 0)."""
+    from medseg.dicomnet.access import parse_allowed, read_allow_file
     from medseg.dicomnet.client import parse_peer
     from medseg.dicomnet.node import NodeSettings, run_node, stop_on_signals
+    from medseg.dicomnet.tls import TlsFiles
+    from medseg.errors import UsageError
     from medseg.infer.inputs import SeriesFilter
 
+    entries = list(allow or []) + (read_allow_file(allow_file) if allow_file else [])
+    if (max_store is not None and max_store <= 0) or min_free < 0:
+        raise UsageError("--max-store must be more than 0 GB and --min-free at least 0 GB")
+    if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
+        raise UsageError("TLS needs both --tls-cert and --tls-key (--tls-ca adds checking the peers' certificates)")
     settings = NodeSettings(ae_title=ae_title, host=host, port=port, out=out, store=store,
                             send_to=parse_peer(send_to) if send_to else None, quiet_s=quiet_seconds,
                             series=SeriesFilter(modality, description, min_slices), device=device,
-                            precision=precision)
+                            precision=precision, allowed=[parse_allowed(entry) for entry in entries],
+                            retry_s=retry_seconds, max_store_gb=max_store, min_free_gb=min_free,
+                            tls=TlsFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None)
     run_node(model, settings, stop_on_signals(), echo=say)
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

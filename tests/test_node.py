@@ -4,16 +4,13 @@ on, instances are on disk when acknowledged, SIGTERM stops the node with exit co
 
 import hashlib
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 
 import pytest
+from orthanc_peer import free_port, run_orthanc, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from typer.testing import CliRunner
@@ -36,21 +33,6 @@ SECRETS = ("Avasarala", "Thanos", "PGBM", "20200119", "20200121")  # patient nam
 FOREGROUND_LABELS = 2  # the phantom model's organ and lesion
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def _dicom_files(folder):
     return sorted(folder.glob("*.dcm"), key=lambda p: int(p.stem))
 
@@ -59,33 +41,6 @@ def _uid(path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
-
-
-class Orthanc:
-    """A running Orthanc with its REST API on loopback."""
-
-    def __init__(self, http_port: int, dicom_port: int, node_port: int):
-        self.url, self.dicom_port, self.node_port = f"http://127.0.0.1:{http_port}", dicom_port, node_port
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, data: bytes):
-        with urllib.request.urlopen(urllib.request.Request(self.url + path, data=data), timeout=120) as response:
-            return json.loads(response.read())
-
-    def seg_tags(self, series_uid: str) -> list[dict]:
-        """Tags of every SEG instance held that references ``series_uid``."""
-        found = []
-        for series in self.get("/series?expand"):
-            if series["MainDicomTags"].get("Modality") != "SEG":
-                continue
-            for instance in series["Instances"]:
-                tags = self.get(f"/instances/{instance}/tags?simplify")
-                if any(ref.get("SeriesInstanceUID") == series_uid for ref in tags.get("ReferencedSeriesSequence", [])):
-                    found.append(tags)
-        return found
 
 
 @pytest.fixture(scope="module")
@@ -98,37 +53,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    binary = shutil.which("Orthanc")
-    if binary is None:
-        pytest.skip("Orthanc not installed (Debian: apt-get install orthanc)")
-    root = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port, node_port = _free_port(), _free_port(), _free_port()
-    config = {"Name": "medseg-test", "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port,
-              "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
-              "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
-              "DicomModalities": {"medseg": ["MEDSEG", "127.0.0.1", node_port]}}
-    (root / "orthanc.json").write_text(json.dumps(config))
-    with open(root / "orthanc.log", "wb") as log:
-        process = subprocess.Popen([binary, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    server = Orthanc(http_port, dicom_port, node_port)
-
-    def ready():
-        try:
-            return server.get("/system")
-        except OSError:
-            assert process.poll() is None, (root / "orthanc.log").read_text()[-2000:]
-            return None
-
-    try:
-        _wait(ready, 30, "Orthanc to start")
+    with run_orthanc(tmp_path_factory.mktemp("orthanc"), {"medseg": ["MEDSEG", "127.0.0.1", free_port()]}) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +68,7 @@ def node(orthanc, model_dir, tmp_path_factory):
     thread = threading.Thread(target=run_node, args=(model_dir, settings, stop), kwargs={"echo": lines.append})
     thread.start()
     try:
-        _wait(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
+        wait_for(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
               "the node to listen")
         assert thread.is_alive(), lines
         yield settings, lines
@@ -169,14 +95,14 @@ def test_orthanc_push_comes_back_as_seg(node, orthanc, data_path):
     job = orthanc.post("/modalities/medseg/store", json.dumps(series_id).encode())
     assert job.get("InstancesCount", len(files)) == len(files)
     uid = _uid(files[0])
-    (seg,) = _wait(lambda: orthanc.seg_tags(uid), 60, "the SEG in Orthanc")
+    (seg,) = wait_for(lambda: orthanc.seg_tags(uid), 60, "the SEG in Orthanc")
     assert seg["Modality"] == "SEG"
     assert len(seg["SegmentSequence"]) == FOREGROUND_LABELS
     assert int(seg["NumberOfFrames"]) == FOREGROUND_LABELS * len(files)  # empty frames are kept
     # Instances are stored per series under a hash of the UID, files named by a hash of the SOP UID.
     folder = settings.store_dir / hashlib.sha256(uid.encode()).hexdigest()[:16]
     assert len(list(folder.glob("*.dcm"))) == len(files) and not list(folder.glob(".*.tmp*"))
-    _wait(lambda: any(line.startswith(f"series {folder.name}: ") and "sent to ORTHANC@" in line for line in lines),
+    wait_for(lambda: any(line.startswith(f"series {folder.name}: ") and "sent to ORTHANC@" in line for line in lines),
           10, "the node's line for the series")  # it is written once the SEG is sent
 
 
@@ -189,9 +115,9 @@ def test_broken_series_is_logged_and_node_goes_on(node, orthanc, data_path, tmp_
     image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=5)
     good = write_dicom_series(image, tmp_path / "good", series_number=7)
     send_files(peer, good)
-    _wait(lambda: orthanc.seg_tags(_uid(good[0])), 60, "the good series' SEG in Orthanc")
+    wait_for(lambda: orthanc.seg_tags(_uid(good[0])), 60, "the good series' SEG in Orthanc")
     digest = hashlib.sha256(_uid(broken[0]).encode()).hexdigest()[:16]
-    errors = _wait(lambda: [line for line in lines if line.startswith(f"error: series {digest}: ")], 10,
+    errors = wait_for(lambda: [line for line in lines if line.startswith(f"error: series {digest}: ")], 10,
                    "the broken series' error line")
     assert len(errors) == 1 and "refused" in errors[0] and "missing slice" in errors[0], lines
     assert not orthanc.seg_tags(_uid(broken[0]))
@@ -216,7 +142,7 @@ def test_bad_peer_is_one_line_error(text):
 
 
 def test_sigterm_stops_serve_and_instances_are_on_disk_when_acknowledged(model_dir, data_path, tmp_path):
-    port, out = _free_port(), tmp_path / "out"
+    port, out = free_port(), tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "medseg.cli", "serve", str(model_dir), "--host", "127.0.0.1",
                                 "--port", str(port), "--out", str(out), "--quiet-seconds", "60", "--device", "cpu"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -231,7 +157,7 @@ def test_sigterm_stops_serve_and_instances_are_on_disk_when_acknowledged(model_d
             except MedsegError:
                 return False
 
-        _wait(answers, 60, "`medseg serve` to answer C-ECHO")
+        wait_for(answers, 60, "`medseg serve` to answer C-ECHO")
         files = _dicom_files(data_path(STUDY1))
         send_files(peer, files)
         folder = out / "incoming" / hashlib.sha256(_uid(files[0]).encode()).hexdigest()[:16]
@@ -242,7 +168,7 @@ def test_sigterm_stops_serve_and_instances_are_on_disk_when_acknowledged(model_d
         assert held.is_established
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        _wait(lambda: not held.is_established, 10, "the held association to end")
+        wait_for(lambda: not held.is_established, 10, "the held association to end")
     finally:
         if process.poll() is None:
             process.kill()

@@ -4,6 +4,7 @@ of a `medseg infer` output folder."""
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +49,20 @@ def parse_peer(text: str) -> Peer:
     return Peer(ae_title, host, int(port))
 
 
-def echo_peer(peer: Peer, calling_ae: str = "MEDSEG", timeout_s: float = 30.0) -> None:
+def echo_peer(peer: Peer, calling_ae: str = "MEDSEG", timeout_s: float = 30.0,
+              tls: ssl.SSLContext | None = None) -> None:
     """C-ECHO ``peer``.
 
     Args:
         timeout_s: Seconds to wait for the connection and for each answer.
+        tls: Associate over TLS with this context (see :mod:`medseg.dicomnet.tls`); None: plain TCP.
 
     Raises:
         MedsegError: when the association is refused or the answer is not success.
     """
     ae = _client(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, peer)
+    assoc = _associate(ae, peer, tls)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -68,11 +71,13 @@ def echo_peer(peer: Peer, calling_ae: str = "MEDSEG", timeout_s: float = 30.0) -
         raise MedsegError(f"C-ECHO to {peer} failed ({_status_text(status)})")
 
 
-def send_files(peer: Peer, files: Iterable[str | Path], calling_ae: str = "MEDSEG", timeout_s: float = 60.0) -> int:
+def send_files(peer: Peer, files: Iterable[str | Path], calling_ae: str = "MEDSEG", timeout_s: float = 60.0,
+               tls: ssl.SSLContext | None = None) -> int:
     """C-STORE DICOM files to ``peer`` over one association, each in its own transfer syntax.
 
     Args:
         timeout_s: Seconds to wait for the connection and for each answer.
+        tls: As for :func:`echo_peer`.
 
     Returns:
         How many files were sent (all of them: any failure raises).
@@ -95,7 +100,7 @@ def send_files(peer: Peer, files: Iterable[str | Path], calling_ae: str = "MEDSE
         syntaxes.setdefault(sop_class, set()).add(syntax)
     for sop_class, found in syntaxes.items():
         ae.add_requested_context(sop_class, sorted(found))
-    assoc = _associate(ae, peer)
+    assoc = _associate(ae, peer, tls)
     failed: list[tuple[Path, str]] = []
     try:
         for path in files:
@@ -124,8 +129,8 @@ def _client(calling_ae: str, timeout_s: float):
     return ae
 
 
-def _associate(ae, peer: Peer):
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+def _associate(ae, peer: Peer, tls: ssl.SSLContext | None = None):
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         raise MedsegError(f"cannot associate with {peer} ({why})")
