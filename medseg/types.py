@@ -62,3 +62,11 @@ class Volume:
     def with_array(self, array: np.ndarray, **meta: Any) -> Volume:
         """Same grid, new voxel data (e.g. a label map for this scan)."""
         return replace(self, array=array, meta={**self.meta, **meta})
+
+
+    def same_grid(self, other: Volume, atol_mm: float = 1e-3) -> bool:
+        """True when both volumes have the same spatial shape and affine (to ``atol_mm``); docs/qa_review.ipynb
+        uses it to pair a prediction with its ground truth."""
+        return self.spatial_shape == other.spatial_shape and bool(
+            np.allclose(self.affine, other.affine, atol=atol_mm, rtol=0)
+        )
