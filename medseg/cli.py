@@ -211,7 +211,7 @@ def train(
     if deterministic:
         overrides.append("train.deterministic=true")
     dataset, data = materialise(dataset, out / "dicom_import", labels, echo=say)  # DICOM decoded once per run
-    for line in data.notes:
+    for line in data.notes if data else []:
         say(line)
     run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device,
                  echo=say)

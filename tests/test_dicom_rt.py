@@ -326,3 +326,20 @@ def test_medseg_rtstruct_round_trips_through_the_default_table(export, tmp_path)
     case = scan.cases[0]
     labels = case_labels(case, read_series(case.series), mapping_for(OKBP_LABELS))
     assert np.array_equal(labels.label.array, array)
+
+
+def test_evaluate_still_reads_a_plain_folder_of_label_files(tmp_path, phantom):
+    """Only DICOM exports and datasets are imported; a folder of label maps stays the truth it always was."""
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    from medseg.io import write_volume
+
+    _, label = phantom
+    for folder in ("pred", "truth"):
+        write_volume(label, tmp_path / folder / "case.nii.gz")
+    assert not is_dicom_export(tmp_path / "truth")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "pred" / "evaluation" / "summary.json").read_text())
+    assert all(f["dice"]["mean"] == pytest.approx(1.0) for f in summary["summary"].values())

@@ -64,12 +64,16 @@ def open_dataset(path: str | Path, work_dir: str | Path, labels: str | Path | No
 
 
 def materialise(path: str | Path, work_dir: str | Path, labels: str | Path | None = None,
-                echo: Callable[[str], None] = print) -> tuple[Path, Dataset]:
+                echo: Callable[[str], None] = print) -> tuple[Path, Dataset | None]:
     """A path :func:`load_dataset` reads as the dataset at ``path`` with its DICOM label objects imported.
 
     Returns ``path`` itself when nothing needed importing, else ``work_dir`` (the nnU-Net raw folder of a
-    DICOM export, or a ``medseg.yaml`` manifest there for a manifest with DICOM cases); and the dataset.
+    DICOM export, or a ``medseg.yaml`` manifest there for a manifest with DICOM cases); and the dataset
+    (None for a folder of image files that is no dataset, returned as it is).
     """
+    path = Path(path)
+    if path.is_dir() and not is_dataset_folder(path) and not is_dicom_export(path):
+        return path, None  # a folder of label files (medseg evaluate's ground truth), no dataset
     dataset = open_dataset(path, work_dir, labels, echo)
     if is_dicom_export(path):
         return Path(work_dir), dataset
