@@ -9,7 +9,7 @@ import typer
 
 from medseg._cli_util import one_line_errors, say, setup_logging
 
-MAX_OVERLAP = 0.95  # = medseg.config.MAX_OVERLAP (checked by tests/test_names.py; config is not imported here)
+MAX_OVERLAP = 0.95  # = medseg.config.MAX_OVERLAP (checked by tests/test_house_names.py; config is not imported here)
 DATASET_HELP = ("MSD or nnU-Net v2 folder, a medseg manifest or datalist, or a folder of DICOM exports (images with "
                 "RTSTRUCT or DICOM SEG labels).")
 
