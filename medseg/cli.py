@@ -198,7 +198,6 @@ def train(
     Launched by torchrun (e.g. `torchrun --nproc_per_node=4 -m medseg.cli train ...`) it trains with
     DistributedDataParallel; see docs/distributed.md."""
     from medseg.config import load_config
-    from medseg.data.source import materialise
     from medseg.train import train as run_training
 
     overrides = list(set_)
@@ -210,11 +209,8 @@ def train(
         overrides.append(f"train.seed={seed}")
     if deterministic:
         overrides.append("train.deterministic=true")
-    dataset, data = materialise(dataset, out / "dicom_import", labels, echo=say)  # DICOM decoded once per run
-    for line in data.notes if data else []:
-        say(line)
     run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device,
-                 echo=say)
+                 echo=say, labels=labels)
 
 
 @app.command()

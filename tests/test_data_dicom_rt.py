@@ -343,3 +343,21 @@ def test_evaluate_still_reads_a_plain_folder_of_label_files(tmp_path, phantom):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "pred" / "evaluation" / "summary.json").read_text())
     assert all(f["dice"]["mean"] == pytest.approx(1.0) for f in summary["summary"].values())
+
+
+def test_training_imports_the_export_once_and_honours_partial_annotations(export, tmp_path, tiny_config):
+    """medseg.train on a DICOM export: imported into RUN/dicom_import (an nnU-Net raw folder with the
+    contoured labels) and trained from there."""
+    from medseg.data import load_dataset
+    from medseg.train import train
+
+    root = _copy(export, ["HN07000", "HN07001", "HN07002"], tmp_path / "export")
+    config = tiny_config("train.epochs=1", "train.iterations_per_epoch=2", "train.folds=3", "train.final_mirror=false",
+                         "train.precision=fp32")
+    lines: list[str] = []
+    train(root, tmp_path / "run", config, labels=MAPPING, echo=lines.append)
+    imported = load_dataset(tmp_path / "run" / "dicom_import")
+    assert imported.labels == {0: "background", **OKBP_LABELS} and len(imported.cases) == 3
+    assert sorted(len(c.annotated) for c in imported.cases) == [4, 4, 6]  # HN07002: left parotid an empty ROI
+    assert any(line.startswith("DICOM export: 3 labelled series") for line in lines)
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())

@@ -28,6 +28,7 @@ import yaml
 
 from medseg.config import RunConfig, config_from_dict, parse_duration, save_config
 from medseg.data import load_dataset
+from medseg.data.source import materialise
 from medseg.errors import MedsegError
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_text_atomic
 from medseg.model.device import autocast_dtype, precision_for
@@ -46,23 +47,28 @@ from medseg.train.splits import split_cases
 from medseg.train.validation import ValidationSet, inference_settings, load_validation, summarise, validate
 
 __all__ = ["train", "tune_postprocess"]
+DICOM_IMPORT = "dicom_import"  # the run's copy of a DICOM export as an nnU-Net raw folder
 
 
 def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
-          echo: Callable[[str], None] = print) -> dict:
+          echo: Callable[[str], None] = print, labels: str | Path | None = None) -> dict:
     """Train one fold and write the model folder ``out_dir``. Returns the final summary.
 
-    When launched by ``torchrun`` (``WORLD_SIZE`` > 1) the run is distributed; see :mod:`medseg.model.distributed`.
+    ``dataset_path`` is any dataset :func:`medseg.data.source.open_dataset` reads: a DICOM export (or a
+    manifest with RTSTRUCT/SEG labels) is imported once into ``out_dir/dicom_import``, its ROI names mapped by
+    ``labels`` (a mapping file; default: the built-in table). When launched by ``torchrun`` (``WORLD_SIZE`` > 1)
+    the run is distributed; see :mod:`medseg.model.distributed`.
     """
     ctx, dev = setup(device)
     try:
         return _train(dataset_path, Path(out_dir), config, fold, resume, dev, ctx,
-                      echo if ctx.main else (lambda _: None))
+                      echo if ctx.main else (lambda _: None), labels)
     finally:
         shutdown(ctx)
 
 
-def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, dev, ctx: Context, echo) -> dict:
+def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, dev, ctx: Context, echo,
+           labels) -> dict:
     start = time.perf_counter()
     if (out / "checkpoint_last.pt").exists() and not resume:
         raise MedsegError("run folder already has a checkpoint; add --resume to continue it or pick a new folder", out)
@@ -70,12 +76,13 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
         config = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), str(out / "config.yaml"))
     network_entry(config.model.name)  # an unknown network is refused before any work
     _seed(config)
-    dataset = load_dataset(dataset_path)
     failure = None
-    if ctx.main:  # rank 0 checks, plans, splits and fills the cache; the others then read what it wrote
+    if ctx.main:  # rank 0 imports, checks, plans, splits and fills the cache; the others then read what it wrote
         try:
             make_output_dir(out)
             remove_stale_temporaries(out)  # left by a run that was killed mid-write
+            dataset_path = _imported(dataset_path, out, labels, echo)
+            dataset = load_dataset(dataset_path)
             refuse_bad_dataset(dataset, echo)
             budget = parse_duration(config.train.time_budget)
             _prepare(dataset, config, out, fold, echo, dev, None if budget is None else budget - (
@@ -84,6 +91,7 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
             failure = exc
     if ctx.broadcast(str(failure) if failure else None):  # every rank stops together on a refused dataset
         raise failure if failure else MedsegError("rank 0 refused the dataset (see its message)")
+    dataset = load_dataset(ctx.broadcast(str(dataset_path)))
     plan, _ = load_or_plan(dataset, config, out, echo)
     tc = config.train
     split = split_cases(dataset, tc.folds, tc.seed, out / "splits.json", tc.split_group)[fold]
@@ -108,6 +116,15 @@ def _seed(config: RunConfig) -> None:
     torch.manual_seed(tc.seed)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _imported(dataset_path, out: Path, labels, echo) -> Path:
+    """The dataset to train on: a DICOM export (or DICOM cases of a manifest) imported once per run into
+    ``out/dicom_import``, so epochs never re-read DICOM; any other dataset as it is."""
+    path, dataset = materialise(dataset_path, out / DICOM_IMPORT, labels, echo)
+    for line in dataset.notes if dataset else []:
+        echo(line)
+    return path
 
 
 def _prepare(dataset, config, out: Path, fold: int, echo, dev, seconds_left: float | None) -> None:
