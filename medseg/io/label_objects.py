@@ -25,6 +25,7 @@ from skimage.draw import polygon
 
 from medseg.errors import MedsegError, one_line
 from medseg.io.dicom_series import DicomSeries
+from medseg.io.rtstruct import image_plane
 from medseg.io.seg import read_source_headers
 
 KINDS = ("RTSTRUCT", "SEG")
@@ -159,7 +160,7 @@ def _rtstruct_masks(obj: LabelObject, sources: list, step: float, numbers: list[
                     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
 
     ds = pydicom.dcmread(obj.path)
-    planes = [_plane(s) for s in sources]
+    planes = [image_plane(s) for s in sources]
     by_uid = {str(s.SOPInstanceUID): k for k, s in enumerate(sources)}
     shape = (int(sources[0].Columns), int(sources[0].Rows), len(sources))
     half = 0.5 * (step if step > 0 else 1.0)
@@ -225,14 +226,6 @@ def _off_plane(points: np.ndarray, plane: tuple[np.ndarray, np.ndarray]) -> np.n
     origin, matrix = plane
     normal = np.cross(matrix[:, 0], matrix[:, 1])
     return (points - origin) @ (normal / np.linalg.norm(normal))
-
-
-def _plane(ds) -> tuple[np.ndarray, np.ndarray]:
-    """``(ImagePositionPatient, (3, 2) matrix)``: LPS mm = origin + matrix @ (column, row)."""
-    cosines = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-    row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
-    return (np.asarray(ds.ImagePositionPatient, dtype=np.float64),
-            np.stack([cosines[:3] * column_spacing, cosines[3:] * row_spacing], axis=1))
 
 
 def _interior(index: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

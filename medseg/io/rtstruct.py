@@ -118,7 +118,7 @@ def _checked_planes(sources: list, label: Volume, path: Path) -> list[tuple[np.n
     sideways_tol = TILT_TOL_PIXELS * float(spacing[:2].min()) + SPACING_ABS_TOL_MM
     planes = []
     for k, ds in enumerate(sources):
-        origin, matrix = _plane(ds)
+        origin, matrix = image_plane(ds)
         if not np.allclose(matrix, affine[:3, :2], atol=vector_tol, rtol=0):
             raise MedsegError(f"slice {k}: orientation or pixel spacing differs from the label grid's", path)
         offset = origin - affine[:3, :3] @ np.array([0.0, 0.0, k]) - affine[:3, 3]
@@ -131,7 +131,7 @@ def _checked_planes(sources: list, label: Volume, path: Path) -> list[tuple[np.n
     return planes
 
 
-def _plane(ds) -> tuple[np.ndarray, np.ndarray]:
+def image_plane(ds) -> tuple[np.ndarray, np.ndarray]:
     """``(ImagePositionPatient (3,), (3, 2) matrix)`` of one image: columns step along the first direction
     cosine by the column spacing, rows along the second by the row spacing (PixelSpacing is row, column)."""
     cosines = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
@@ -289,7 +289,7 @@ def read_rtstruct_labels(path: str | Path, source_files: Sequence[str | Path]) -
     roi_frames = {str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.get("StructureSetROISequence", [])}
     if roi_frames - frame_uids:
         raise MedsegError("its ROIs are in another frame of reference than the source images", path)
-    planes = [_plane(s) for s in sources]
+    planes = [image_plane(s) for s in sources]
     by_uid = {str(s.SOPInstanceUID): k for k, s in enumerate(sources)}
     shape = (int(sources[0].Columns), int(sources[0].Rows))
     out = np.zeros((*shape, len(sources)), dtype=np.int32)
