@@ -95,7 +95,7 @@ def write_ct_model_and_scan(tmp: Path, device: str, shape: tuple[int, int, int])
                                 "model.base_filters=8", "model.max_filters=64", "train.patch_size=[96, 96, 64]",
                                 "train.batch_size=2", "train.final_mirror=false", "infer.overlap=0.25",
                                 "infer.sw_batch_size=4"])
-    train(data, tmp / "ct_model", config, device=device, echo=lambda _: None)
+    train(data, tmp / "ct_model", config, device=device)
     cx, cy = shape[0] / 2, shape[1] / 2
     x, y = np.ogrid[:shape[0], :shape[1]]
     body = ((x - cx) ** 2 / (0.9 * cx) ** 2 + (y - cy) ** 2 / (0.66 * cy) ** 2) < 1
@@ -112,7 +112,7 @@ def infer_child(model: str, inputs: str, out: str, device: str) -> None:
     from medseg.infer.batch import InferOptions, run_batch
 
     t0 = time.perf_counter()
-    summary = run_batch(model, inputs, out, InferOptions(dicom_seg=False), device=device, echo=lambda _: None)
+    summary = run_batch(model, inputs, out, InferOptions(dicom_seg=False), device=device)
     seconds = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_reserved() / 2**30 if device == "cuda" else 0.0
     print(json.dumps({"seconds": seconds, "counts": summary["counts"], "gpu_peak_gb": gpu,

@@ -42,7 +42,7 @@ def main() -> int:
                                     "model.base_filters=8", "model.max_filters=64", "train.patch_size=[96, 96, 64]",
                                     "train.batch_size=2", "train.final_mirror=false", "infer.overlap=0.25",
                                     "infer.sw_batch_size=4"])
-        train(data, tmp / "model", config, echo=lambda _: None)
+        train(data, tmp / "model", config)
         shape = (512, 512, args.slices)
         x, y = np.ogrid[:512, :512]
         body = (((x - 256) ** 2 / 230**2 + (y - 256) ** 2 / 170**2) < 1).astype(np.float32)

@@ -76,7 +76,7 @@ def make_model(tmp: Path, model: str | None) -> Path:
                                  rotation_deg=(0, 0, 0))
     config = load_config(None, ["train.epochs=1", "train.iterations_per_epoch=1", "train.num_workers=0",
                                 "train.patch_size=[40, 56, 40]", "train.batch_size=2"])
-    train(data, tmp / "model", config, echo=lambda _: None)
+    train(data, tmp / "model", config)
     return tmp / "model"
 
 
@@ -114,7 +114,7 @@ def main() -> int:
 
         def medseg() -> None:
             run_batch(model_dir, tmp / "in", tmp / "out", InferOptions(overwrite=True), device="cpu",
-                      precision="auto", echo=lambda _: None)
+                      precision="auto")
 
         # MONAI's row runs beside each medseg row in alternation, so load from other work hits both; best kept.
         monai_row, eager_row = "MONAI sliding window, fp32 (net)", f"medseg infer, eager ({precision})"

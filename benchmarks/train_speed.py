@@ -43,9 +43,9 @@ def prepare(config, cases: int, tmp: Path):
     from medseg.train.splits import split_cases
 
     dataset = load_dataset(data_dir("hippocampus"))
-    plan, _ = load_or_plan(dataset, config, tmp, echo=lambda _: None)
+    plan, _ = load_or_plan(dataset, config, tmp)
     ids = split_cases(dataset, config.train.folds, config.train.seed, tmp / "splits.json")[0]["train"][:cases]
-    return plan, prepare_cases(dataset, ids, plan, tmp / "cache", echo=lambda _: None)
+    return plan, prepare_cases(dataset, ids, plan, tmp / "cache")
 
 
 def medseg_loop(config, plan, data, device, dtype):

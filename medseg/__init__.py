@@ -7,10 +7,11 @@ imported on first use, so ``import medseg`` and ``medseg --help`` stay fast.
 from medseg.data import Case, Dataset, check_dataset, load_dataset
 from medseg.errors import MedsegError
 from medseg.io import read_volume, write_volume
+from medseg.logs import log_to_console
 from medseg.types import Volume
 
 __all__ = ["Volume", "MedsegError", "read_volume", "write_volume", "load_dataset", "check_dataset", "Case",
-           "Dataset", "train", "Predictor", "run_batch", "evaluate_folder", "build_report"]
+           "Dataset", "log_to_console", "train", "Predictor", "run_batch", "evaluate_folder", "build_report"]
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from medseg._cli_util import one_line_errors, say, setup_logging
+from medseg._cli_util import one_line_errors
+from medseg.logs import log_to_console
 
 MAX_OVERLAP = 0.95  # = medseg.config.MAX_OVERLAP (checked by tests/test_house_names.py; config is not imported here)
 DATASET_HELP = ("MSD or nnU-Net v2 folder, a medseg manifest or datalist, or a folder of DICOM exports (images with "
@@ -35,11 +36,12 @@ def _version(value: bool) -> None:
 
 
 @app.callback(epilog=EXIT_CODES)
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print informational messages."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (scripts read summary.json)."),
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print debugging details."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings, flags, refusals and errors "
+                                     "(scripts read summary.json)."),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")):
-    setup_logging(verbose, quiet)
+    log_to_console(verbose, quiet)
 
 
 @app.command()
@@ -84,17 +86,7 @@ def convert(
         _convert_dataset(dicom_dir, out_dir, labels, overwrite)
         return
 
-    results = convert_dicom_folder(dicom_dir, out_dir, overwrite=overwrite)
-    for r in results:
-        if r.error:
-            say(f"error: {r.error}")
-        else:
-            say(f"{r.series} -> {r.output}" + (" (exists, same series, kept)" if r.kept else ""))
-        for text in r.warnings:
-            say(f"warning: {r.series}: {text}")
-    failed = sum(r.error is not None for r in results)
-    say(f"converted {len(results) - failed} of {len(results)} series")
-    if failed:
+    if any(r.error for r in convert_dicom_folder(dicom_dir, out_dir, overwrite=overwrite)):
         raise typer.Exit(1)
 
 
@@ -105,10 +97,10 @@ def _convert_dataset(dicom_dir: Path, out_dir: Path, labels: Path, overwrite: bo
 
     scan = scan_export(dicom_dir)
     mapping = default_mapping(scan.roi_names()) if str(labels) == BUILTIN else load_mapping(labels)
-    result = import_export(scan, mapping, out_dir, overwrite=overwrite, echo=say)
+    result = import_export(scan, mapping, out_dir, overwrite=overwrite)
     for line in roi_table(scan, mapping) + [f"left out: {x}" for x in result["left_out"]]:
         typer.echo(line)
-    say(f"wrote {len(result['cases'])} cases to {out_dir} (nnU-Net v2 raw)")
+    typer.echo(f"wrote {len(result['cases'])} cases to {out_dir} (nnU-Net v2 raw)")
     if result["left_out"]:
         raise typer.Exit(1)
 
@@ -128,7 +120,7 @@ def check(dataset: Path = typer.Argument(..., help=DATASET_HELP),
     from medseg.data.source import open_dataset
 
     with tempfile.TemporaryDirectory(prefix="medseg-check-") as work:
-        data = open_dataset(dataset, work, labels, echo=say)
+        data = open_dataset(dataset, work, labels)
         for line in data.notes:
             typer.echo(line)
         report = check_dataset(data)
@@ -165,7 +157,7 @@ def plan(
     from medseg.train.budget import plan_for_budget
 
     with tempfile.TemporaryDirectory(prefix="medseg-plan-") as work:
-        data = load_dataset(materialise(dataset, work, labels, echo=say)[0])
+        data = load_dataset(materialise(dataset, work, labels)[0])
         fingerprinted = fingerprint(data.without_test())
     cfg = load_config(config, set_ + ([f"train.time_budget={time_budget}"] if time_budget else []))
     choice = plan_for_budget(fingerprinted, data.channels, data.labels, cfg,
@@ -209,8 +201,7 @@ def train(
         overrides.append(f"train.seed={seed}")
     if deterministic:
         overrides.append("train.deterministic=true")
-    run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device,
-                 echo=say, labels=labels)
+    run_training(dataset, out, load_config(config, overrides), fold=fold, resume=resume, device=device, labels=labels)
 
 
 @app.command()
@@ -266,9 +257,9 @@ def infer(
                            mirror=mirror, overlap=overlap, series=SeriesFilter(modality, description, min_slices),
                            shard=_parse_shard(shard), fail_on_flags=fail_on_flags)
     peer = parse_peer(send_to) if send_to else None  # parsed first: a mistyped peer fails before the batch
-    summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision, echo=say)
+    summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision)
     if peer is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 sends every shard's
-        send_results(out_dir, peer, echo=say)
+        send_results(out_dir, peer)
     if summary["counts"]["failed"] or summary["counts"]["refused"]:
         raise typer.Exit(1)
 
@@ -304,7 +295,7 @@ def tune_postprocess(
     SHA256SUMS. The config's postprocess.rules still win for their labels."""
     from medseg.train.run import tune_postprocess as tune
 
-    tune(run, dataset, device=device, echo=say)
+    tune(run, dataset, device=device)
 
 
 @app.command()
@@ -330,8 +321,8 @@ def evaluate(
     from medseg.metrics.lesions import lesion_markdown
 
     with tempfile.TemporaryDirectory(prefix="medseg-truth-") as work:
-        truth, _ = materialise(gt, work, labels, echo=say)
-        result = evaluate_folder(pred, truth, out or pred / "evaluation", tolerance_mm=tolerance, echo=say)
+        truth, _ = materialise(gt, work, labels)
+        result = evaluate_folder(pred, truth, out or pred / "evaluation", tolerance_mm=tolerance)
     typer.echo(markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"]))
     if result["errors"]:
         raise typer.Exit(1)
@@ -347,7 +338,7 @@ def qa(
     """Write a self-contained HTML review report: overlays, volumes, metrics and flags, worst cases first."""
     from medseg.qa.report import build_report
 
-    build_report(results, gt=gt, out=out, echo=say)
+    build_report(results, gt=gt, out=out)
 
 
 @app.command()
@@ -358,7 +349,7 @@ def demo(
     """Run medseg's main job on a built-in synthetic example (no network, no real data needed)."""
     from medseg.demo import run_demo
 
-    run_demo(out_dir, echo=say)
+    run_demo(out_dir)
 
 
 @app.command()
@@ -418,7 +409,7 @@ def serve(
                             precision=precision, allowed=[parse_allowed(entry) for entry in entries],
                             retry_s=retry_seconds, max_store_gb=max_store, min_free_gb=min_free,
                             tls=TlsFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None)
-    run_node(model, settings, stop_on_signals(), echo=say)
+    run_node(model, settings, stop_on_signals())
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:

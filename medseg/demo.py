@@ -7,9 +7,9 @@ evaluate -> QA report.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from medseg.config import load_config
@@ -23,26 +23,27 @@ from medseg.metrics.evaluate import evaluate_folder, markdown_table
 from medseg.qa.report import build_report
 from medseg.train import train
 
+log = logging.getLogger(__name__)
+
 DEMO_SETTINGS = ["model.base_filters=16", "model.max_filters=64", "train.iterations_per_epoch=25",
                  "train.patch_size=[48, 48, 16]", "train.batch_size=2", "train.lr=0.01", "train.num_workers=0",
                  "train.final_mirror=false",
                  "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 30}}"]
 
 
-def run_demo(out_dir: str | Path, echo: Callable[[str], None] = print, cases: int = 10, test_cases: int = 3,
-             epochs: int = 12) -> dict:
+def run_demo(out_dir: str | Path, cases: int = 10, test_cases: int = 3, epochs: int = 12) -> dict:
     """Run the whole pipeline on phantoms under ``out_dir``; returns paths and the test Dice."""
 
     start = time.perf_counter()
     out = Path(out_dir)
-    _clear_previous_demo(out, echo)
+    _clear_previous_demo(out)
     dataset = write_phantom_dataset(out / "dataset", cases=cases)
     report = check_dataset(load_dataset(dataset))
-    echo(f"1/6 dataset: {report.summary()}  ({dataset})")
+    log.info(f"1/6 dataset: {report.summary()}  ({dataset})")
 
-    echo(f"2/6 training {epochs} short epochs on the CPU/GPU ...")
+    log.info(f"2/6 training {epochs} short epochs on the CPU/GPU ...")
     config = load_config(None, DEMO_SETTINGS + [f"train.epochs={epochs}"])
-    train(dataset, out / "model", config, echo=lambda line: echo("    " + line))
+    train(dataset, out / "model", config)
 
     test_in, truth = out / "test" / "images", out / "test" / "labels"
     for i in range(test_cases):
@@ -51,26 +52,25 @@ def run_demo(out_dir: str | Path, echo: Callable[[str], None] = print, cases: in
         write_volume(label, truth / f"test_{i:02d}.nii.gz", overwrite=True)
     image, label = make_phantom(seed=2000)
     write_dicom_series(image, test_in / "dicom_study" / "series1", description="phantom T1")
-    echo(f"3/6 test scans: {test_cases} NIfTI files and one DICOM series in {test_in}")
+    log.info(f"3/6 test scans: {test_cases} NIfTI files and one DICOM series in {test_in}")
 
     results = out / "results"
-    run_batch(out / "model", test_in, results, InferOptions(overwrite=True),
-              echo=lambda line: echo("    " + line))
-    echo(f"4/6 segmented into {results} (NIfTI label maps, a DICOM SEG, per-case JSON, summary.csv)")
+    run_batch(out / "model", test_in, results, InferOptions(overwrite=True))
+    log.info(f"4/6 segmented into {results} (NIfTI label maps, a DICOM SEG, per-case JSON, summary.csv)")
 
-    evaluation = evaluate_folder(results, truth, results / "evaluation", echo=echo)
-    echo("5/6 evaluation against the phantoms' truth:")
-    echo(markdown_table(evaluation["summary"]))
+    evaluation = evaluate_folder(results, truth, results / "evaluation")
+    log.info("5/6 evaluation against the phantoms' truth:")
+    log.info(markdown_table(evaluation["summary"]))
 
-    qa_path = build_report(results, gt=truth, echo=lambda line: echo("    " + line))
+    qa_path = build_report(results, gt=truth)
     dice = {label: m["dice"]["mean"] for label, m in evaluation["summary"].items()}
-    echo(f"6/6 QA report: {qa_path}")
-    echo(f"demo finished in {time.perf_counter() - start:.0f} s: test Dice "
+    log.info(f"6/6 QA report: {qa_path}")
+    log.info(f"demo finished in {time.perf_counter() - start:.0f} s: test Dice "
          + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) + f"; open {qa_path}")
     return {"dataset": dataset, "model": out / "model", "results": results, "report": qa_path, "dice": dice}
 
 
-def _clear_previous_demo(out: Path, echo) -> None:
+def _clear_previous_demo(out: Path) -> None:
     """Make ``out`` ready: remove an earlier demo's files (marked by ``.medseg-demo``), refuse any other
     non-empty folder."""
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from medseg.data.phantom import make_phantom, write_phantom_dataset
+from medseg.logs import LineFormatter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +29,39 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("MEDSEG_CACHE_DIR", None)
     else:
         os.environ["MEDSEG_CACHE_DIR"] = previous
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: list[str]):
+        super().__init__()
+        self.lines = lines
+        self.setFormatter(LineFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def collect_log(name: str = "medseg", lines: list[str] | None = None):
+    """Every line logger ``name`` and its children log (INFO and up, any thread) inside the block, as the
+    console shows it (``warning: ...``), appended to ``lines`` (a new list by default), which is yielded."""
+    lines = [] if lines is None else lines
+    handler, logger = _Collect(lines), logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture()
+def log_lines():
+    """:func:`collect_log` for the whole test."""
+    with collect_log() as lines:
+        yield lines
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +160,7 @@ def phantom_run(tmp_path_factory) -> Path:
     data = write_phantom_dataset(root / "data", cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
     overrides = tiny("train.iterations_per_epoch=15", "train.epochs=4",
                      "postprocess.rules={1: {mode: largest}, 2: {mode: min_size, min_volume_mm3: 20}}")
-    train(data, root / "run", load_config(None, overrides), echo=lambda _: None)
+    train(data, root / "run", load_config(None, overrides))
     return root / "run"
 
 
@@ -150,5 +186,5 @@ def hippocampus_run(shared_data, tmp_path_factory) -> Path:
                                         "cases": cases}))
     overrides = tiny("train.iterations_per_epoch=20", "train.patch_size=[32, 32, 32]", "train.epochs=6",
                      "train.final_mirror=false")
-    train(manifest, tmp / "run", load_config(None, overrides), echo=lambda _: None)
+    train(manifest, tmp / "run", load_config(None, overrides))
     return tmp / "run"

@@ -170,7 +170,7 @@ def _reference_masks(case) -> dict[str, np.ndarray]:
 def test_empty_template_roi_is_not_contoured(export, rois, tmp_path):
     patient = "HN07002"
     assert rois[patient]["rois"]["Parotid_L"] == "EMPTY"
-    dataset = open_dataset(export / "export" / patient, tmp_path, MAPPING, echo=lambda _: None)
+    dataset = open_dataset(export / "export" / patient, tmp_path, MAPPING)
     (case,) = dataset.cases
     assert 4 not in case.annotated and set(case.annotated) == {1, 2, 3, 7}
     label = np.asarray(nib.load(case.label).dataobj)
@@ -220,7 +220,7 @@ def test_damaged_rtstructs_are_refused_in_one_line_and_the_others_go_on(export, 
     ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0] \
         .SeriesInstanceUID = "1.2.3.4.5"
     ds.save_as(_rtstruct(root / "HN07001"))
-    dataset = open_dataset(root, tmp_path / "work", MAPPING, echo=lambda _: None)
+    dataset = open_dataset(root, tmp_path / "work", MAPPING)
     assert len(dataset.cases) == 2
     left = [n for n in dataset.notes if n.startswith("left out:")]
     assert len(left) == 1 and "HN07001" in left[0] and "not in the export" in left[0]
@@ -295,7 +295,7 @@ def test_manifest_case_with_an_rtstruct_label(export, shared_data, tmp_path):
         "name": "mixed", "channels": {0: "CT"}, "labels": {0: "background", **OKBP_LABELS},
         "cases": [{"id": "rt", "images": [str(folder / "CT")], "label": str(_rtstruct(folder))},
                   {"id": "nifti", "images": [str(hippo / "imagesTr" / "hippocampus_001.nii.gz")]}]}))
-    path, dataset = materialise(manifest, tmp_path / "work", echo=lambda _: None)
+    path, dataset = materialise(manifest, tmp_path / "work")
     assert path == tmp_path / "work"
     rt = next(c for c in dataset.cases if c.id == "rt")
     truth = np.asarray(nib.load(export / "truth" / "HN07001.nii.gz").dataobj)
@@ -345,7 +345,7 @@ def test_evaluate_still_reads_a_plain_folder_of_label_files(tmp_path, phantom):
     assert all(f["dice"]["mean"] == pytest.approx(1.0) for f in summary["summary"].values())
 
 
-def test_training_imports_the_export_once_and_honours_partial_annotations(export, tmp_path, tiny_config):
+def test_training_imports_the_export_once_and_honours_partial_annotations(log_lines, export, tmp_path, tiny_config):
     """medseg.train on a DICOM export: imported into RUN/dicom_import (an nnU-Net raw folder with the
     contoured labels) and trained from there."""
     from medseg.data import load_dataset
@@ -354,8 +354,8 @@ def test_training_imports_the_export_once_and_honours_partial_annotations(export
     root = _copy(export, ["HN07000", "HN07001", "HN07002"], tmp_path / "export")
     config = tiny_config("train.epochs=1", "train.iterations_per_epoch=2", "train.folds=3", "train.final_mirror=false",
                          "train.precision=fp32")
-    lines: list[str] = []
-    train(root, tmp_path / "run", config, labels=MAPPING, echo=lines.append)
+    lines: list[str] = log_lines
+    train(root, tmp_path / "run", config, labels=MAPPING)
     imported = load_dataset(tmp_path / "run" / "dicom_import")
     assert imported.labels == {0: "background", **OKBP_LABELS} and len(imported.cases) == 3
     assert sorted(len(c.annotated) for c in imported.cases) == [4, 4, 6]  # HN07002: left parotid an empty ROI

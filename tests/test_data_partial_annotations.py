@@ -287,7 +287,7 @@ def test_evaluate_skips_uncontoured_classes(small_openkbp, openkbp, tmp_path):
         pred[pred == 3] = 0  # right parotid missed
         pred[10:30, 10:30, 10:30] = 7  # mandible drawn where the truth has background
         write_volume(truth.with_array(pred), preds / f"{case_id}.nii.gz", label=True)
-    result = evaluate_folder(preds, root, tmp_path / "eval", echo=lambda _: None)
+    result = evaluate_folder(preds, root, tmp_path / "eval")
     names = load_dataset(root).labels
     expected = {}
     for case_id, truth in truths.items():

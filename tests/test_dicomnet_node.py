@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+from conftest import collect_log
 from orthanc_peer import free_port, run_orthanc, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -47,7 +48,7 @@ def _uid(path) -> str:
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     data = write_phantom_dataset(root / "data", cases=4, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
-    train(data, root / "run", load_config(None, TINY), echo=lambda _: None)
+    train(data, root / "run", load_config(None, TINY))
     return root / "run"
 
 
@@ -65,7 +66,12 @@ def node(orthanc, model_dir, tmp_path_factory):
                             send_to=Peer("ORTHANC", "127.0.0.1", orthanc.dicom_port))
     lines: list[str] = []
     stop = threading.Event()
-    thread = threading.Thread(target=run_node, args=(model_dir, settings, stop), kwargs={"echo": lines.append})
+
+    def serve() -> None:
+        with collect_log("medseg.dicomnet", lines):
+            run_node(model_dir, settings, stop)
+
+    thread = threading.Thread(target=serve)
     thread.start()
     try:
         wait_for(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,

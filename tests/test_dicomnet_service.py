@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import collect_log
 from orthanc_peer import free_port, run_orthanc, wait_for
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
@@ -64,10 +65,15 @@ def series_copy(source, dest, seed: str) -> list:
 
 
 def node_thread(model_dir, settings: NodeSettings):
-    """Start `run_node` in a thread; returns (log lines, stop event, thread) once it listens."""
+    """Start `run_node` in a thread; returns (the node's log lines, stop event, thread) once it listens."""
     lines: list[str] = []
     stop = threading.Event()
-    thread = threading.Thread(target=run_node, args=(model_dir, settings, stop), kwargs={"echo": lines.append})
+
+    def serve() -> None:
+        with collect_log("medseg.dicomnet", lines):
+            run_node(model_dir, settings, stop)
+
+    thread = threading.Thread(target=serve)
     thread.start()
     wait_for(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
              "the node to listen")
@@ -92,9 +98,10 @@ def test_allow_list_admits_listed_peers_only(orthanc, model, data_path, tmp_path
     finally:
         stop.set()
         thread.join(60)
-    refused = [line for line in lines if line.startswith("refused association")]
-    assert refused == ["refused association from 'ORTHANC' at 127.0.0.1: called AE title 'OTHER' is not ours",
-                       "refused association from 'INTRUDER' at 127.0.0.1: calling AE title not on the allow list"]
+    refused = [line for line in lines if line.startswith("warning: refused association")]
+    assert refused == [
+        "warning: refused association from 'ORTHANC' at 127.0.0.1: called AE title 'OTHER' is not ours",
+        "warning: refused association from 'INTRUDER' at 127.0.0.1: calling AE title not on the allow list"]
 
 
 def test_refusal_reasons():
@@ -364,17 +371,16 @@ def test_full_disk_answers_out_of_resources_and_leaves_no_file(data_path, tmp_pa
             tmp.write_bytes(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    event, lines = FakeStore(sorted(data_path(STUDY1).glob("*.dcm"))[0]), []
+    event = FakeStore(sorted(data_path(STUDY1).glob("*.dcm"))[0])
     budget = StoreBudget(tmp_path, max_bytes=1e9)
     monkeypatch.setattr(node, "write_bytes_atomic", disk_full)
-    associations = AssociationLog(lines.append)
-    assert node.store_instance(event, tmp_path, node.SeriesTracker(), budget, associations, lines.append) == 0xA700
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and budget.used == 0
+    with collect_log("medseg.dicomnet") as lines:
+        assert node.store_instance(event, tmp_path, node.SeriesTracker(), budget, AssociationLog()) == 0xA700
+        assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and budget.used == 0
+        monkeypatch.undo()
+        floor = StoreBudget(tmp_path, min_free_bytes=1e18)  # more free space than any disk has
+        assert node.store_instance(event, tmp_path, node.SeriesTracker(), floor, AssociationLog()) == 0xA700
     assert "cannot write an instance (No space left on device)" in lines[0]
-    monkeypatch.undo()
-    floor = StoreBudget(tmp_path, min_free_bytes=1e18)  # more free space than any disk has
-    assert node.store_instance(event, tmp_path, node.SeriesTracker(), floor, AssociationLog(lines.append),
-                               lines.append) == 0xA700
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and "--min-free is" in lines[1]
 
 

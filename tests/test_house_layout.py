@@ -13,7 +13,7 @@ from medseg.errors import MedsegError
 ROOT = Path(__file__).resolve().parents[1]
 # The pipeline order (README): a module may import its own package and anything earlier, never later.
 # postprocess (connected components) and config (validated settings) are leaves shared by the stages after them.
-ORDER = [("errors", "types"), ("io",), ("data",), ("postprocess",), ("config",), ("preprocess",), ("model",),
+ORDER = [("errors", "types", "logs"), ("io",), ("data",), ("postprocess",), ("config",), ("preprocess",), ("model",),
          ("train", "infer"), ("dicomnet",), ("metrics",), ("qa",), ("demo", "_cli_util"), ("cli",)]
 RANK = {name: rank for rank, names in enumerate(ORDER) for name in names}
 

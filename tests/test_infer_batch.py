@@ -54,7 +54,7 @@ def study(tmp_path_factory):
 
 def test_dicom_study_outputs_match_input_grid_and_seg_round_trips(model_dir, study, tmp_path):
     out = tmp_path / "out"
-    summary = run_batch(model_dir, study, out, echo=lambda _: None)
+    summary = run_batch(model_dir, study, out)
     assert summary["counts"]["done"] == 2 and summary["counts"]["failed"] == 0
     records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "summary.json"]
     assert len(records) == 2
@@ -104,7 +104,7 @@ def test_skip_overwrite_and_failure_isolation(model_dir, tmp_path):
     assert result.exit_code == 1
     assert "error: broken:" in result.output and "3 segmented, 0 skipped, 1 failed" in result.output
     stamp = (out / "case0.nii.gz").stat().st_mtime_ns
-    again = run_batch(model_dir, folder, out, echo=lambda _: None)
+    again = run_batch(model_dir, folder, out)
     assert again["counts"]["skipped"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns == stamp
     # Skipped cases keep their columns, filled from their JSON.
     rows = {row["id"]: row for row in _summary(out)}
@@ -112,7 +112,7 @@ def test_skip_overwrite_and_failure_isolation(model_dir, tmp_path):
     assert rows["case0"]["status"].startswith("skipped")
     assert float(rows["case0"]["volume_mm3_organ"]) == first["label_volumes_mm3"]["organ"] > 0
     assert rows["case0"]["model_id"] == first["model_id"] and rows["broken"]["status"] == "failed"
-    redo = run_batch(model_dir, folder, out, InferOptions(overwrite=True), echo=lambda _: None)
+    redo = run_batch(model_dir, folder, out, InferOptions(overwrite=True))
     assert redo["counts"]["done"] == 3 and (out / "case0.nii.gz").stat().st_mtime_ns != stamp
     rows = {row["id"]: row for row in _summary(out)}
     assert {rows[f"case{i}"]["reason"] for i in range(3)} == {"redone: --overwrite"}
@@ -141,7 +141,7 @@ def test_sigkill_during_batch_leaves_no_partial_output(model_dir, tmp_path):
         read_volume(path, label=True)
     finished = len(list(out.glob("case*.json")))
     assert 1 <= finished < 12
-    summary = run_batch(model_dir, folder, out, echo=lambda _: None)
+    summary = run_batch(model_dir, folder, out)
     assert summary["counts"]["skipped"] == finished and summary["counts"]["done"] == 12 - finished
 
 
@@ -169,7 +169,7 @@ def test_dicom_seg_passes_dciodvfy(model_dir, data_path, tmp_path):
     """The SEG written for a real DICOM series validates with dciodvfy (Debian package dicom3tools)."""
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
-    summary = run_batch(model_dir, data_path("dicom/hippocampus_crops/study1"), tmp_path, echo=lambda _: None)
+    summary = run_batch(model_dir, data_path("dicom/hippocampus_crops/study1"), tmp_path)
     assert summary["counts"]["done"] == 1
     (seg,) = tmp_path.glob("*.seg.dcm")
     result = subprocess.run(["dciodvfy", "-new", str(seg)], capture_output=True, text=True)
@@ -188,7 +188,7 @@ def other_seed_dir(model_dir, tmp_path_factory):
     """The same recipe trained with another seed for fewer epochs."""
     root = tmp_path_factory.mktemp("other")
     data = model_dir.parent / "data"
-    train(data, root / "run", load_config(None, TINY + ["train.seed=1", "train.epochs=2"]), echo=lambda _: None)
+    train(data, root / "run", load_config(None, TINY + ["train.seed=1", "train.epochs=2"]))
     return root / "run"
 
 
@@ -212,30 +212,30 @@ def test_models_identify_themselves(model_dir, other_seed_dir, tmp_path):
     assert Predictor.from_dir(copy).model_id == ModelFolder(copy).model_id
 
 
-def test_rerun_redoes_results_of_another_model_or_settings(model_dir, tmp_path):
+def test_rerun_redoes_results_of_another_model_or_settings(log_lines, model_dir, tmp_path):
     folder = tmp_path / "in"
     for i in range(2):
         image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=90 + i)
         write_volume(image, folder / f"case{i}.nii.gz")
     out = tmp_path / "out"
-    run_batch(model_dir, folder, out, echo=lambda _: None)
+    run_batch(model_dir, folder, out)
     other = _retrained_copy(model_dir, tmp_path / "other")
-    lines = []
-    summary = run_batch(other, folder, out, echo=lines.append)
+    lines = log_lines
+    summary = run_batch(other, folder, out)
     assert summary["counts"]["done"] == summary["redone"] == 2 and summary["counts"]["skipped"] == 0
     assert {(row["status"], row["reason"]) for row in _summary(out)} == {("done", "redone: model changed")}
     assert any("(redone: model changed)" in line for line in lines)
     assert json.loads((out / "case0.json").read_text())["model_id"] == ModelFolder(other).model_id
-    assert run_batch(other, folder, out, echo=lambda _: None)["counts"]["skipped"] == 2
-    changed = run_batch(other, folder, out, InferOptions(overlap=0.25), echo=lambda _: None)
+    assert run_batch(other, folder, out)["counts"]["skipped"] == 2
+    changed = run_batch(other, folder, out, InferOptions(overlap=0.25))
     assert changed["redone"] == 2
     assert {row["reason"] for row in _summary(out)} == {"redone: settings changed (overlap)"}
     assert json.loads((out / "case1.json").read_text())["settings"]["overlap"] == 0.25
-    asked = run_batch(other, folder, out, InferOptions(overlap=0.25, probabilities=True), echo=lambda _: None)
+    asked = run_batch(other, folder, out, InferOptions(overlap=0.25, probabilities=True))
     assert asked["redone"] == 2 and (out / "case0_probabilities.nii.gz").exists()
 
 
-def test_input_warnings_are_recorded_and_printed(model_dir, tmp_path):
+def test_input_warnings_are_recorded_and_printed(log_lines, model_dir, tmp_path):
     image, _ = make_phantom(shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0), seed=95)
     img = nib.Nifti1Image(image.array, image.affine)
     img.set_sform(image.affine, code=1)
@@ -244,8 +244,8 @@ def test_input_warnings_are_recorded_and_printed(model_dir, tmp_path):
     img.set_qform(shifted, code=1)
     (tmp_path / "in").mkdir()
     nib.save(img, tmp_path / "in" / "odd.nii.gz")
-    lines = []
-    run_batch(model_dir, tmp_path / "in", tmp_path / "out", echo=lines.append)
+    lines = log_lines
+    run_batch(model_dir, tmp_path / "in", tmp_path / "out")
     record = json.loads((tmp_path / "out" / "odd.json").read_text())
     assert any("disagree" in w for w in record["warnings"])
     assert any(line.startswith("warning: odd: sform and qform disagree") for line in lines)

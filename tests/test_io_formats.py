@@ -151,8 +151,7 @@ def test_evaluate_pairs_nnunet_outputs_with_labels_ts(nnunet_raw, predictions, t
     pred, expected = predictions
     if gt == "raw folder without imagesTs":
         shutil.rmtree(root / "imagesTs")
-    result = evaluate_folder(pred, root / "labelsTs" if gt == "labelsTs" else root, tmp_path / "eval",
-                             echo=lambda _: None)
+    result = evaluate_folder(pred, root / "labelsTs" if gt == "labelsTs" else root, tmp_path / "eval")
     assert result["errors"] == []  # the training cases (labelsTr) are not asked for
     names = {f"label_{v}" if gt == "labelsTs" else LABELS[v]: v for v in (1, 2)}
     got = {(r["case"], names[r["label"]]): r["dice"] for r in result["rows"]}
@@ -227,7 +226,7 @@ def test_datalist_channel_lists_paths_beside_the_json_and_evaluation(nnunet_raw,
     assert [c.id for c in dataset.cases] == train_ids + test_ids and all(len(c.images) == 2 for c in dataset.cases)
     assert check_dataset(dataset).ok
     assert [c.id for c in discover(path)[0]] == test_ids
-    result = evaluate_folder(pred, path, tmp_path / "eval", echo=lambda _: None)
+    result = evaluate_folder(pred, path, tmp_path / "eval")
     assert result["errors"] == [] and {r["case"] for r in result["rows"]} == set(test_ids)
     got = {(r["case"], {"anterior": 1, "posterior": 2}[r["label"]]): r["dice"] for r in result["rows"]}
     assert all(got[k] == pytest.approx(expected[k], abs=1e-6) for k in expected)

@@ -53,7 +53,7 @@ def test_exported_models_infer_the_same_labels(run_dir, tmp_path):
     labels = {}
     for name in ("run", "shared", "shared.zip"):
         model = run_dir if name == "run" else tmp_path / name
-        summary = run_batch(model, folder, tmp_path / f"out_{name}", echo=lambda _: None)
+        summary = run_batch(model, folder, tmp_path / f"out_{name}")
         assert summary["counts"]["done"] == 2
         labels[name] = [read_volume(tmp_path / f"out_{name}" / f"case{i}.nii.gz", label=True).array for i in range(2)]
         record = json.loads((tmp_path / f"out_{name}" / "case0.json").read_text())

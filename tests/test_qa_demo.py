@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import collect_log
 from typer.testing import CliRunner
 
 from medseg.cli import app
@@ -14,8 +15,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    lines = []
-    result = run_demo(tmp_path_factory.mktemp("demo") / "medseg-demo", echo=lines.append)
+    with collect_log() as lines:
+        result = run_demo(tmp_path_factory.mktemp("demo") / "medseg-demo")
     return result, lines
 
 

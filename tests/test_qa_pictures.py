@@ -154,7 +154,7 @@ def test_report_shows_errors_uncertainty_and_training_curve(ct, data_path, tmp_p
     write_volume(truth, gt / "ct.nii.gz", label=True)
     write_volume(hippo_truth, gt / "hippo.nii.gz", label=True)
 
-    page = build_report(results, gt=gt, echo=lambda _: None).read_text()
+    page = build_report(results, gt=gt).read_text()
     assert page.count("data:image/png;base64,") == 4  # two cases, one uncertainty map, one training curve
     for alt in ("prediction against ground truth ct", "prediction against ground truth hippo", "uncertainty hippo",
                 "training progress m-test"):
@@ -162,7 +162,7 @@ def test_report_shows_errors_uncertainty_and_training_curve(ct, data_path, tmp_p
     assert page.count(NO_PROBABILITIES) == 1 and "uncertainty ct" not in page
     assert str(tmp_path) not in page
 
-    page = build_report(results, out=tmp_path / "no_gt.html", echo=lambda _: None).read_text()
+    page = build_report(results, out=tmp_path / "no_gt.html").read_text()
     assert "alt='prediction ct'" in page and "against ground truth" not in page
     (model / "progress.png").unlink()  # a model without a curve (a .zip, an old run): skipped silently
-    assert "training progress" not in build_report(results, echo=lambda _: None).read_text()
+    assert "training progress" not in build_report(results).read_text()

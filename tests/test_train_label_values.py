@@ -58,7 +58,7 @@ def test_label_values_map_to_class_indices():
 
 def test_training_and_inference_with_values_0_5_7(relabelled, tmp_path):
     out = tmp_path / "run"
-    train(relabelled, out, load_config(None, TINY), echo=lambda _: None)
+    train(relabelled, out, load_config(None, TINY))
     for path in (out / "cache").glob("*.npz"):
         with np.load(path) as cached:
             assert set(np.unique(cached["label"]).tolist()) == {0, 1, 2}, path.name

@@ -259,8 +259,7 @@ def test_infer_applies_saved_rules_under_the_config_rules(run_copy, tmp_path):
     assert np.array_equal(final == 1, raw == 1)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / f"{case.id}.nii.gz").symlink_to(case.images[0])
-    run_batch(run_copy, tmp_path / "in", tmp_path / "out", InferOptions(dicom_seg=False), device="cpu",
-              echo=lambda _: None)
+    run_batch(run_copy, tmp_path / "in", tmp_path / "out", InferOptions(dicom_seg=False), device="cpu")
     record = json.loads((tmp_path / "out" / f"{case.id}.json").read_text())
     assert record["settings"]["postprocess"] == {"2": huge}
     written = np.asarray(nib.load(tmp_path / "out" / record["outputs"]["label"]).dataobj)

@@ -26,10 +26,10 @@ def phantoms(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("ph"), cases=5, shape=(40, 40, 14), spacing=(1.5, 1.5, 4.0))
 
 
-def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
+def test_tiny_training_learns_and_writes_model_folder(log_lines, phantoms, tmp_path):
     config = load_config(None, TINY + ["train.epochs=6"])
-    lines = []
-    summary = train(phantoms, tmp_path / "run", config, fold=0, echo=lines.append)
+    lines = log_lines
+    summary = train(phantoms, tmp_path / "run", config, fold=0)
     out = tmp_path / "run"
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == list(range(1, 7))
@@ -48,14 +48,14 @@ def test_tiny_training_learns_and_writes_model_folder(phantoms, tmp_path):
     _validation_equals_infer_then_evaluate(phantoms, out, tmp_path)
 
 
-def test_validation_between_epochs_is_skipped_when_it_costs_too_much(phantoms, tmp_path, monkeypatch):
+def test_validation_between_epochs_is_skipped_when_it_costs_too_much(log_lines, phantoms, tmp_path, monkeypatch):
     """With no time to spare for validation (VAL_SHARE 0), only the first epoch (to time it) and the last one
     validate; the epochs between log their loss without scores, and the best weights come from a validated one."""
     import medseg.train.schedule as schedule
 
     monkeypatch.setattr(schedule, "VAL_SHARE", 0.0)
-    lines = []
-    summary = train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=4"]), echo=lines.append)
+    lines = log_lines
+    summary = train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=4"]))
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if "val_mean_dice" in r] == [1, 4]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4] and log[2]["loss"] > 0
@@ -63,14 +63,14 @@ def test_validation_between_epochs_is_skipped_when_it_costs_too_much(phantoms, t
     assert summary["best_epoch"] in (1, 4) and (tmp_path / "run" / "progress.png").exists()
 
 
-def test_an_unvalidated_last_epoch_gives_the_final_weights(phantoms, tmp_path, monkeypatch):
+def test_an_unvalidated_last_epoch_gives_the_final_weights(log_lines, phantoms, tmp_path, monkeypatch):
     """A budgeted run can stop between validation passes (seen on OpenKBP: validated at epoch 1 of 26 only, the
     final validation then scored epoch 1's weights, Dice 0). The last epoch's weights must be the ones kept."""
     import medseg.train.schedule as schedule
 
     monkeypatch.setattr(schedule, "validate_now", lambda epoch, *_: epoch == 1)
-    lines = []
-    train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=3"]), echo=lines.append)
+    lines = log_lines
+    train(phantoms, tmp_path / "run", load_config(None, TINY + ["train.epochs=3"]))
     out = tmp_path / "run"
     kept = torch.load(out / "weights.pt", weights_only=True)
     last = load_checkpoint(out / "checkpoint_last.pt")["model"]
@@ -88,8 +88,7 @@ def test_validation_is_timed_on_a_few_cases_and_not_repeated_at_the_end(phantoms
     monkeypatch.setattr(schedule, "VAL_SHARE", 0.0)
     monkeypatch.setattr(schedule, "TIMING_CASES", 1)
     config = load_config(None, TINY + ["train.epochs=3", "train.folds=2", "train.final_mirror=false"])
-    lines = []
-    train(phantoms, tmp_path / "run", config, echo=lines.append)
+    train(phantoms, tmp_path / "run", config)
     out = tmp_path / "run"
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3] and not any("val_mean_dice" in r for r in log)
@@ -114,14 +113,14 @@ def _validation_equals_infer_then_evaluate(dataset_path, run, tmp_path):
     for case_id in val_ids:
         os.symlink(by_id[case_id].images[0], tmp_path / "val" / f"{case_id}.nii.gz")
     options = InferOptions(mirror=validation["mirror"], dicom_seg=False)
-    run_batch(run, tmp_path / "val", tmp_path / "pred", options, precision="fp32", echo=lambda _: None)
-    rows = evaluate_folder(tmp_path / "pred", dataset_path, tmp_path / "eval", echo=lambda _: None)["rows"]
+    run_batch(run, tmp_path / "val", tmp_path / "pred", options, precision="fp32")
+    rows = evaluate_folder(tmp_path / "pred", dataset_path, tmp_path / "eval")["rows"]
     assert sorted(validation["cases"]) == sorted(val_ids) and len(rows) == 2 * len(val_ids)
     for row in rows:
         assert abs(validation["cases"][row["case"]][row["label"]] - row["dice"]) < 1e-6, row
 
 
-def test_bad_dataset_is_refused_listing_every_problem(phantoms, tmp_path):
+def test_bad_dataset_is_refused_listing_every_problem(log_lines, phantoms, tmp_path):
     import shutil
 
     bad = tmp_path / "bad"
@@ -129,9 +128,9 @@ def test_bad_dataset_is_refused_listing_every_problem(phantoms, tmp_path):
     (bad / "labelsTr/phantom_001.nii.gz").unlink()
     label = read_volume(bad / "labelsTr/phantom_002.nii.gz", label=True)
     write_volume(label.with_array(label.array * 4), bad / "labelsTr/phantom_002.nii.gz", overwrite=True)
-    lines = []
+    lines = log_lines
     with pytest.raises(MedsegError, match="2 error"):
-        train(bad, tmp_path / "run", load_config(None, TINY), echo=lines.append)
+        train(bad, tmp_path / "run", load_config(None, TINY))
     assert len(lines) == 2 and not (tmp_path / "run" / "weights.pt").exists()
 
 
@@ -163,12 +162,12 @@ def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
     assert verify_sha256sums(out) == []
 
 
-def test_time_budget_is_a_hard_limit_even_mid_epoch(phantoms, tmp_path):
+def test_time_budget_is_a_hard_limit_even_mid_epoch(log_lines, phantoms, tmp_path):
     """An epoch far longer than the budget is cut mid-epoch; validation and writing still fit the budget."""
     config = load_config(None, TINY + ["train.iterations_per_epoch=100000", "train.time_budget=40s"])
-    lines = []
+    lines = log_lines
     t0 = time.perf_counter()
-    train(phantoms, tmp_path / "run", config, echo=lines.append)
+    train(phantoms, tmp_path / "run", config)
     elapsed = time.perf_counter() - t0
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert 1 <= log[0]["step"] < 100000 and (tmp_path / "run" / "validation.json").exists()

@@ -130,7 +130,7 @@ def test_training_never_loads_a_test_case(phantoms, tmp_path):
     shutil.copytree(phantoms, root, ignore=shutil.ignore_patterns("*.yaml"))
     manifest = _manifest(root, {3: {"split": "test"}})
     out = tmp_path / "run"
-    train(manifest, out, load_config(None, TINY), echo=lambda _: None)
+    train(manifest, out, load_config(None, TINY))
     splits = json.loads((out / "splits.json").read_text())
     cached = sorted(p.stem for p in (out / "cache").glob("*.npz"))
     assert cached == splits[0]["train"] and "p3" not in cached  # validation reads original images, uncached

@@ -24,10 +24,15 @@ class Problem:
     message: str
     path: Path | None = None
 
-    def __str__(self) -> str:
+    @property
+    def detail(self) -> str:
+        """The finding without its severity: ``case: path: message``."""
         where = f"{self.case_id}: " if self.case_id else ""
         file = f"{self.path}: " if self.path else ""
-        return f"{self.severity.upper()} {where}{file}{self.message}"
+        return f"{where}{file}{self.message}"
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()} {self.detail}"
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,8 @@ from medseg.io.label_objects import LabelObject, read_label_object, structure_ma
 from medseg.io.naming import series_digest, series_id
 from medseg.io.volume_io import write_volume
 from medseg.types import Volume
+
+log = logging.getLogger(__name__)
 
 RECORDS = "import_records"
 # Words in the series reader's reason for skipping a file that mark an RTSTRUCT or SEG (by modality or SOP class).
@@ -172,8 +174,7 @@ def _choose(obj: LabelObject, mapping: LabelMapping) -> tuple[dict, list[str]]:
     return chosen, notes
 
 
-def import_export(scan: ExportScan, mapping: LabelMapping, out_dir: str | Path, overwrite: bool = False,
-                  echo: Callable[[str], None] = print) -> dict:
+def import_export(scan: ExportScan, mapping: LabelMapping, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Write ``scan``'s cases as an nnU-Net v2 raw dataset in ``out_dir`` (module docstring).
 
     A case whose image and label already exist is kept when its record shows the same series, label object
@@ -195,7 +196,7 @@ def import_export(scan: ExportScan, mapping: LabelMapping, out_dir: str | Path, 
         except Exception as exc:  # one broken case must never stop the others
             left_out.append(f"{case.label.path}: unexpected {type(exc).__name__}: {one_line(exc)}")
         if k % 10 == 0 or k == len(scan.cases):
-            echo(f"imported {k} of {len(scan.cases)} labelled series")
+            log.info(f"imported {k} of {len(scan.cases)} labelled series")
     _write_description(out, mapping, scan, cases)
     return {"cases": cases, "left_out": left_out}
 

@@ -10,8 +10,8 @@ table (for a manifest: its declared label names, looked up in the table).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from medseg.io.dicom_series import scan_folder
 from medseg.io.label_objects import read_label_object
 from medseg.io.paths import image_suffix
 
+log = logging.getLogger(__name__)
+
 BUILTIN = "tg263"  # --labels value naming the built-in table
 
 
@@ -37,8 +39,7 @@ def is_dicom_export(path: str | Path) -> bool:
             and not any(image_suffix(p) for p in path.iterdir() if p.is_file()))
 
 
-def open_dataset(path: str | Path, work_dir: str | Path, labels: str | Path | None = None,
-                 echo: Callable[[str], None] = print) -> Dataset:
+def open_dataset(path: str | Path, work_dir: str | Path, labels: str | Path | None = None) -> Dataset:
     """The dataset at ``path``; DICOM label objects are imported into ``work_dir`` (module docstring).
 
     The returned dataset's ``notes`` list what was left out and, for a DICOM export, the ROI table.
@@ -47,9 +48,9 @@ def open_dataset(path: str | Path, work_dir: str | Path, labels: str | Path | No
     if is_dicom_export(path):
         scan = scan_export(path)
         mapping = _mapping(labels, scan.roi_names())
-        echo(f"DICOM export: {len(scan.cases)} labelled series, {len(scan.left_out)} label object(s) left out, "
-             f"{scan.unlabelled} unlabelled series; ROI names mapped by {mapping.source}")
-        result = import_export(scan, mapping, work_dir, overwrite=True, echo=echo)
+        log.info(f"DICOM export: {len(scan.cases)} labelled series, {len(scan.left_out)} label object(s) left out, "
+                 f"{scan.unlabelled} unlabelled series; ROI names mapped by {mapping.source}")
+        result = import_export(scan, mapping, work_dir, overwrite=True)
         dataset = load_dataset(work_dir)
         notes = roi_table(scan, mapping) + [f"left out: {line}" for line in result["left_out"]]
         notes += [f"{i}: {n}" for i, c in result["cases"].items() for n in c["notes"]]
@@ -60,11 +61,11 @@ def open_dataset(path: str | Path, work_dir: str | Path, labels: str | Path | No
         if labels is not None:
             raise MedsegError("--labels maps ROI names of DICOM label objects; this dataset has none", path)
         return dataset
-    return _import_manifest_cases(dataset, dicom_cases, work_dir, labels, echo)
+    return _import_manifest_cases(dataset, dicom_cases, work_dir, labels)
 
 
-def materialise(path: str | Path, work_dir: str | Path, labels: str | Path | None = None,
-                echo: Callable[[str], None] = print) -> tuple[Path, Dataset | None]:
+def materialise(path: str | Path, work_dir: str | Path,
+                labels: str | Path | None = None) -> tuple[Path, Dataset | None]:
     """A path :func:`load_dataset` reads as the dataset at ``path`` with its DICOM label objects imported.
 
     Returns ``path`` itself when nothing needed importing, else ``work_dir`` (the nnU-Net raw folder of a
@@ -74,7 +75,7 @@ def materialise(path: str | Path, work_dir: str | Path, labels: str | Path | Non
     path = Path(path)
     if path.is_dir() and not is_dataset_folder(path) and not is_dicom_export(path):
         return path, None  # a folder of label files (medseg evaluate's ground truth), no dataset
-    dataset = open_dataset(path, work_dir, labels, echo)
+    dataset = open_dataset(path, work_dir, labels)
     if is_dicom_export(path):
         return Path(work_dir), dataset
     if not any(c.label is not None and _is_dicom_file(c.label) for c in load_dataset(path).cases):
@@ -104,7 +105,7 @@ def _is_dicom_file(path: Path) -> bool:
     return path.is_file() and not image_suffix(path) and open_dicom(path, "header") is not None
 
 
-def _import_manifest_cases(dataset: Dataset, dicom_cases: list, work_dir: str | Path, labels, echo) -> Dataset:
+def _import_manifest_cases(dataset: Dataset, dicom_cases: list, work_dir: str | Path, labels) -> Dataset:
     """Import the cases whose label is an RTSTRUCT or SEG; their label values are the manifest's."""
     mapping = load_mapping(labels) if labels is not None else mapping_for(dataset.labels)
     if labels is not None and mapping.labels != {v: n for v, n in dataset.labels.items() if v}:
@@ -120,7 +121,7 @@ def _import_manifest_cases(dataset: Dataset, dicom_cases: list, work_dir: str | 
         except (MedsegError, NotADirectoryError) as exc:
             left_out.append(f"{case.label}: {getattr(exc, 'problem', None) or exc}")
     scan = ExportScan(Path(dataset.root), export_cases, left_out)
-    result = import_export(scan, mapping, work_dir, overwrite=True, echo=echo)
+    result = import_export(scan, mapping, work_dir, overwrite=True)
     imported, out = result["cases"], Path(work_dir)
     cases = []
     for case in dataset.cases:

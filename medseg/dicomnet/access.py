@@ -6,12 +6,15 @@ title must be the node's own). Without a list only this machine may call, and th
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 # A-ASSOCIATE-RJ: rejected permanent (0x01) by the service user (0x01), with these diagnostics.
@@ -126,7 +129,7 @@ def refusal(calling_ae: str, called_ae: str, address: str, our_ae: str,
     return REJECT_CALLING_AE, "calling AE title not on the allow list"
 
 
-def check_association(event, our_ae: str, allowed: list[AllowedPeer], echo: Callable[[str], None]) -> None:
+def check_association(event, our_ae: str, allowed: list[AllowedPeer]) -> None:
     """EVT_REQUESTED handler: reject (A-ASSOCIATE-RJ) a request that :func:`refusal` refuses, in one log line."""
     request = event.assoc.requestor.primitive
     calling = _ae_text(request.calling_ae_title)
@@ -136,7 +139,7 @@ def check_association(event, our_ae: str, allowed: list[AllowedPeer], echo: Call
         diagnostic, reason = found
         event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
         event.assoc.kill()  # waits until the reject is sent and the connection closed, as pynetdicom's own checks do
-        echo(f"refused association from '{printable_ae(calling)}' at {address}: {reason}")
+        log.warning(f"refused association from '{printable_ae(calling)}' at {address}: {reason}")
 
 
 def _ae_text(value) -> str:

@@ -13,47 +13,46 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from medseg.dicomnet.access import printable_ae
+from medseg.logs import LineFormatter
+
+log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.log"
 MAX_BYTES, BACKUPS = 10_000_000, 9  # audit.log and audit.log.1 .. .9: at most 100 MB
 
 
-class _UtcFormatter(logging.Formatter):
-    converter = time.gmtime
+class _UtcFormatter(LineFormatter):
+    """``2026-12-03T10:00:00Z error: ...``: a UTC time, then the line as the console shows it, on one line."""
 
-    def formatTime(self, record, datefmt=None):  # noqa: N802 (logging's name)
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", self.converter(record.created))
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        return f"{stamp} {' '.join(super().format(record).split())}"
 
 
-def open_audit(out: Path) -> tuple[Callable[[str], None], Callable[[], None]]:
-    """A function that appends one line to ``out/audit.log`` (rotated), and one that closes the file."""
+def open_audit(out: Path) -> Callable[[], None]:
+    """Copy every line the node's package logs (``medseg.dicomnet``) to ``out/audit.log`` (rotated) until the
+    returned function is called."""
     handler = RotatingFileHandler(out / AUDIT_FILE, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
-    handler.setFormatter(_UtcFormatter("%(asctime)s %(message)s"))
-    lock = threading.Lock()
+    handler.setFormatter(_UtcFormatter())
+    logger = logging.getLogger("medseg.dicomnet")
+    level = logger.level
+    logger.setLevel(min(logging.INFO, logger.getEffectiveLevel()))  # the audit has every line, even with --quiet
+    logger.addHandler(handler)
 
-    def write(line: str) -> None:
-        record = logging.LogRecord("medseg.audit", logging.INFO, "", 0, " ".join(line.split()), None, None)
-        with lock:
-            handler.handle(record)
+    def close() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
-    return write, handler.close
-
-
-def tee(*sinks: Callable[[str], None]) -> Callable[[str], None]:
-    """One echo function that passes each line to every sink."""
-    def echo(line: str) -> None:
-        for sink in sinks:
-            sink(line)
-
-    return echo
+    return close
 
 
 class AssociationLog:
     """Counts per open association, logged as one line when its connection closes. Thread-safe: each
     association runs in its own thread."""
 
-    def __init__(self, echo: Callable[[str], None]):
-        self._echo, self._lock, self._open = echo, threading.Lock(), {}
+    def __init__(self):
+        self._lock, self._open = threading.Lock(), {}
 
     def count(self, assoc, series: str, stored: bool) -> None:
         """Note one C-STORE on ``assoc``: for ``series`` (a UID hash), stored or refused."""
@@ -77,5 +76,5 @@ class AssociationLog:
         assoc = event.assoc
         outcome = "released" if assoc.is_released else "aborted"
         series = ", ".join(sorted(counts["series"])) or "none"
-        self._echo(f"association from '{printable_ae(assoc.requestor.ae_title)}' at {assoc.requestor.address}: "
-                   f"{counts['stored']} instance(s) stored, {counts['refused']} refused, series {series}; {outcome}")
+        log.info(f"association from '{printable_ae(assoc.requestor.ae_title)}' at {assoc.requestor.address}: "
+                 f"{counts['stored']} instance(s) stored, {counts['refused']} refused, series {series}; {outcome}")

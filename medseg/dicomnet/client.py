@@ -4,8 +4,9 @@ of a `medseg infer` output folder."""
 from __future__ import annotations
 
 import json
+import logging
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
+
+log = logging.getLogger(__name__)
 
 # C-STORE statuses that mean "stored": success, and the warnings "coerced", "elements discarded",
 # "dataset does not match SOP class" (the peer kept the instance).
@@ -110,7 +113,7 @@ def send_files(peer: Peer, files: Iterable[str | Path], calling_ae: str = "MEDSE
             try:
                 status = assoc.send_c_store(path)
             except ValueError as exc:  # the peer accepted no presentation context for this file
-                failed.append((path, " ".join(str(exc).split())[:200]))
+                failed.append((path, one_line(exc)))
                 continue
             if not status or status.Status not in STORED_STATUSES:
                 failed.append((path, _status_text(status)))
@@ -169,8 +172,7 @@ def listed_segs(out_dir: str | Path) -> list[Path]:
     return segs
 
 
-def send_results(out_dir: str | Path, peer: Peer, calling_ae: str = "MEDSEG",
-                 echo: Callable[[str], None] = print) -> int:
+def send_results(out_dir: str | Path, peer: Peer, calling_ae: str = "MEDSEG") -> int:
     """C-STORE every DICOM SEG listed in a `medseg infer` output folder to ``peer`` (one association).
 
     Returns:
@@ -181,8 +183,8 @@ def send_results(out_dir: str | Path, peer: Peer, calling_ae: str = "MEDSEG",
     """
     segs = listed_segs(out_dir)
     if not segs:
-        echo(f"no DICOM SEG to send in {out_dir}")
+        log.info(f"no DICOM SEG to send in {out_dir}")
         return 0
     sent = send_files(peer, segs, calling_ae=calling_ae)
-    echo(f"sent {sent} DICOM SEG(s) to {peer}")
+    log.info(f"sent {sent} DICOM SEG(s) to {peer}")
     return sent

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,17 +34,19 @@ from pynetdicom.sop_class import Verification
 
 from medseg.dicomnet import outbox
 from medseg.dicomnet.access import AllowedPeer, check_association, listen_host
-from medseg.dicomnet.audit import AssociationLog, open_audit, tee
+from medseg.dicomnet.audit import AssociationLog, open_audit
 from medseg.dicomnet.budget import GB, StoreBudget
 from medseg.dicomnet.client import Peer, echo_peer, send_files
 from medseg.dicomnet.tls import TlsFiles, client_context, server_context
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, unexpected
 from medseg.infer.case import segment_case
 from medseg.infer.inputs import SeriesFilter, discover
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import cannot_write, output_path, writers_for
 from medseg.infer.predictor import Predictor
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 DONE_MARKER = ".medseg-done"
 # C-STORE statuses the receiver answers: success, "out of resources" (could not write), "cannot understand".
@@ -141,8 +143,8 @@ def uid_digest(uid: str) -> str:
     return hashlib.sha256(uid.strip().encode()).hexdigest()[:16]
 
 
-def store_instance(event, store: Path, tracker: SeriesTracker, budget: StoreBudget, associations: AssociationLog,
-                   echo: Callable[[str], None]) -> int:
+def store_instance(event, store: Path, tracker: SeriesTracker, budget: StoreBudget,
+                   associations: AssociationLog) -> int:
     """C-STORE handler: write the instance under ``store`` (atomically, fsynced), then answer success; the
     answer is counted for the association's audit line.
 
@@ -151,39 +153,38 @@ def store_instance(event, store: Path, tracker: SeriesTracker, budget: StoreBudg
         without a SeriesInstanceUID; "out of resources" when ``budget`` has no room for it (nothing written)
         or it cannot be written (nothing left: the temporary file is removed).
     """
-    status, series = _store(event, store, tracker, budget, echo)
+    status, series = _store(event, store, tracker, budget)
     associations.count(event.assoc, series, status == STATUS_SUCCESS)
     return status
 
 
-def _store(event, store: Path, tracker: SeriesTracker, budget: StoreBudget,
-           echo: Callable[[str], None]) -> tuple[int, str]:
+def _store(event, store: Path, tracker: SeriesTracker, budget: StoreBudget) -> tuple[int, str]:
     """:func:`store_instance`'s work: the status and the series' UID hash ("" when unknown)."""
     try:
         series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         data = event.encoded_dataset()
     except Exception as exc:  # a dataset pydicom cannot decode
-        echo(f"error: refused an instance that cannot be decoded ({type(exc).__name__})")
+        log.error(f"refused an instance that cannot be decoded ({type(exc).__name__})")
         return STATUS_CANNOT_UNDERSTAND, ""
     if not series_uid or not sop_uid:
-        echo("error: refused an instance without SeriesInstanceUID or SOPInstanceUID")
+        log.error("refused an instance without SeriesInstanceUID or SOPInstanceUID")
         return STATUS_CANNOT_UNDERSTAND, ""
     folder = store / uid_digest(series_uid)
     path = folder / f"{uid_digest(sop_uid)}.dcm"
     if full := budget.reserve(len(data)):
-        echo(f"error: series {folder.name}: refused an instance: {full}")
+        log.error(f"series {folder.name}: refused an instance: {full}")
         return STATUS_OUT_OF_RESOURCES, folder.name
     try:
         replaced = path.stat().st_size if path.exists() else 0  # a re-sent instance replaces its own file
         write_bytes_atomic(path, data)
     except (OSError, MedsegError) as exc:
         budget.release(len(data))
-        echo(f"error: series {folder.name}: cannot write an instance ({getattr(exc, 'strerror', None) or exc})")
+        log.error(f"series {folder.name}: cannot write an instance ({getattr(exc, 'strerror', None) or exc})")
         return STATUS_OUT_OF_RESOURCES, folder.name
     budget.release(replaced)
     if tracker.touch(folder):
-        echo(f"series {folder.name}: receiving")
+        log.info(f"series {folder.name}: receiving")
     return STATUS_SUCCESS, folder.name
 
 
@@ -203,7 +204,7 @@ def unfinished_folders(store: Path) -> list[Path]:
     return found
 
 
-def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> int:
+def segment_folder(predictor, folder: Path, settings: NodeSettings) -> int:
     """Segment every selected series in one store folder, write outputs to ``settings.out`` and queue each
     DICOM output (the writers' with ``dicom`` set: the DICOM SEG) for ``settings.send_to``.
 
@@ -219,14 +220,14 @@ def segment_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
     if not cases:
         raise MedsegError(f"nothing to segment ({'; '.join(skipped) or 'no DICOM image series'})")
     for line in skipped:
-        echo(f"series {folder.name}: {line}")
+        log.info(f"series {folder.name}: {line}")
     for case in cases:
         if case.refused:
-            echo(f"error: series {folder.name}: {case.id} ({case.description}) refused: {case.refused}")
+            log.error(f"series {folder.name}: {case.id} ({case.description}) refused: {case.refused}")
             continue
         record = segment_case(predictor, case, settings.out, options)
         done = f"{case.id} ({case.description}) segmented in {record['seconds']:.1f} s"
-        echo(f"series {folder.name}: {done}{deliver(case, record, options, settings, done, folder.name)}")
+        log.info(f"series {folder.name}: {done}{deliver(case, record, options, settings, done, folder.name)}")
     return len(cases)
 
 
@@ -253,7 +254,7 @@ def deliver(case, record: dict, options: InferOptions, settings: NodeSettings, d
     return f"{where}, queued for {settings.send_to}"
 
 
-def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event, echo: Callable[[str], None],
+def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event,
              tls: ssl.SSLContext | None = None) -> None:
     """Try every outbox entry whose time has come (except the series in ``hold``), one log line each, over TLS
     with the ``tls`` context when given."""
@@ -268,11 +269,11 @@ def send_due(settings: NodeSettings, hold: set[str], stop: threading.Event, echo
         if stop.is_set():
             return
         ending = outbox.attempt(path, entry, send, str(peer), settings.retry_s, settings.max_retry_s)
-        echo(f"{'' if entry['state'] == outbox.SENT else 'error: '}series {entry['series']}: DICOM SEG "
-             f"{path.stem} {ending}")
+        level = logging.INFO if entry["state"] == outbox.SENT else logging.ERROR
+        log.log(level, f"series {entry['series']}: DICOM SEG {path.stem} {ending}")
 
 
-def process_folder(predictor, folder: Path, settings: NodeSettings, echo: Callable[[str], None]) -> bool:
+def process_folder(predictor, folder: Path, settings: NodeSettings) -> bool:
     """Segment one quiet series folder, log any failure in one line, and mark the folder done.
 
     SEGs of the folder still waiting in the outbox are superseded first: the series changed since.
@@ -283,15 +284,15 @@ def process_folder(predictor, folder: Path, settings: NodeSettings, echo: Callab
     started = time.time()
     superseded = outbox.supersede(settings.outbox_dir, folder.name)
     if superseded:
-        echo(f"series {folder.name}: {superseded} unsent DICOM SEG(s) superseded (the series changed)")
+        log.info(f"series {folder.name}: {superseded} unsent DICOM SEG(s) superseded (the series changed)")
     try:
-        segment_folder(predictor, folder, settings, echo)
+        segment_folder(predictor, folder, settings)
         ok = True
     except MedsegError as exc:
-        echo(f"error: series {folder.name}: {exc}")
+        log.error(f"series {folder.name}: {exc}")
         ok = False
     except Exception as exc:  # one broken series must not stop the node
-        echo(f"error: series {folder.name}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        log.error(f"series {folder.name}: {unexpected(exc)}")
         ok = False
     marker = folder / DONE_MARKER
     with contextlib.suppress(OSError):  # without a marker the folder is only segmented again at the next start
@@ -308,8 +309,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Event,
-             echo: Callable[[str], None] = print) -> None:
+def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Event) -> None:
     """Run the node until ``stop`` is set: receive, segment quiet series, send SEGs. Every line it logs is
     also written to the audit log ``OUT/audit.log``.
 
@@ -323,16 +323,14 @@ def run_node(model_dir: str | Path, settings: NodeSettings, stop: threading.Even
     tls = (server_context(settings.tls), client_context(settings.tls)) if settings.tls else (None, None)
     predictor = Predictor.from_dir(model_dir, device=settings.device, precision=settings.precision)
     make_output_dir(settings.out)
-    audit, close_audit = open_audit(settings.out)
-    echo = tee(echo, audit)
+    close_audit = open_audit(settings.out)
     try:
-        _serve(predictor, host, tls, settings, stop, echo)
+        _serve(predictor, host, tls, settings, stop)
     finally:
         close_audit()
 
 
-def _serve(predictor, host: str, tls: tuple, settings: NodeSettings, stop: threading.Event,
-           echo: Callable[[str], None]) -> None:
+def _serve(predictor, host: str, tls: tuple, settings: NodeSettings, stop: threading.Event) -> None:
     """:func:`run_node` once the model is loaded: recover the store and outbox, listen, and loop. ``tls``:
     the server's and the client's SSL contexts, or two Nones."""
     store = make_output_dir(settings.store_dir)
@@ -346,11 +344,12 @@ def _serve(predictor, host: str, tls: tuple, settings: NodeSettings, stop: threa
         try:
             echo_peer(settings.send_to, calling_ae=settings.ae_title, tls=tls[1])
         except MedsegError as exc:
-            echo(f"warning: {exc}; SEGs that cannot be sent stay in {settings.out}")
-    server = _start_server(host, settings, tls[0], [store, tracker, budget, AssociationLog(echo), echo])
+            log.warning(f"{exc}; SEGs that cannot be sent stay in {settings.out}")
+    server = _start_server(host, settings, tls[0], [store, tracker, budget, AssociationLog()])
     peers = ", ".join(map(str, settings.allowed)) or "this machine only (no allow list)"
     secure = "" if not settings.tls else " over TLS" + (" (callers' certificates checked)" if settings.tls.ca else "")
-    echo(f"listening as {settings.ae_title} on {host}:{settings.port}{secure} for {peers}; model {predictor.model_id}; "
+    log.info(f"listening as {settings.ae_title} on {host}:{settings.port}{secure} for {peers}; "
+             f"model {predictor.model_id}; "
          f"instances in {store} ({budget.describe()}); {tracker.pending()} unfinished series from before")
     next_scan = 0.0  # time.monotonic() of the next outbox scan
     try:
@@ -359,16 +358,16 @@ def _serve(predictor, host: str, tls: tuple, settings: NodeSettings, stop: threa
             for folder, last in quiet:
                 if stop.is_set():
                     break
-                process_folder(predictor, folder, settings, echo)
+                process_folder(predictor, folder, settings)
                 tracker.finish(folder, last)
             if quiet or time.monotonic() >= next_scan:
-                send_due(settings, tracker.names(), stop, echo, tls[1])
+                send_due(settings, tracker.names(), stop, tls[1])
                 next_scan = time.monotonic() + OUTBOX_SCAN_S
     finally:
         for assoc in server.active_associations:  # a peer idling on an open association must not delay the stop
             assoc.abort()  # unacknowledged instances are the sender's to resend
         server.shutdown()
-    echo(f"stopped; {tracker.pending()} series left for the next start")
+    log.info(f"stopped; {tracker.pending()} series left for the next start")
 
 
 def _start_server(host: str, settings: NodeSettings, tls, store_args: list):
@@ -379,13 +378,13 @@ def _start_server(host: str, settings: NodeSettings, tls, store_args: list):
     Raises:
         MedsegError: when the port cannot be opened.
     """
-    associations, echo = store_args[-2], store_args[-1]
+    associations = store_args[-1]
     ae = AE(ae_title=settings.ae_title)
     ae.require_called_aet = True
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
-    handlers = [(evt.EVT_REQUESTED, check_association, [settings.ae_title, settings.allowed, echo]),
+    handlers = [(evt.EVT_REQUESTED, check_association, [settings.ae_title, settings.allowed]),
                 (evt.EVT_ESTABLISHED, associations.established), (evt.EVT_CONN_CLOSE, associations.closed),
                 (evt.EVT_C_STORE, store_instance, store_args)]
     try:

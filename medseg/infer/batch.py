@@ -12,8 +12,8 @@ status, reason, flags, outputs and DICOM UIDs) are written at the end.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,7 +25,10 @@ from medseg.infer.options import InferOptions
 from medseg.infer.outputs import expected_outputs, output_path, read_case_json
 from medseg.infer.predictor import Predictor
 from medseg.io.atomic import make_output_dir, remove_stale_temporaries, write_csv_atomic, write_text_atomic
+from medseg.logs import FLAG, REFUSED
 from medseg.model.distributed import setup, shutdown
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STATUSES", "InferOptions", "NothingToSegment", "run_batch", "segment_case"]
 
@@ -33,7 +36,7 @@ STATUSES = ("done", "skipped", "failed", "refused")
 
 
 def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = None, device: str = "auto",
-              precision: str = "auto", echo: Callable[[str], None] = print) -> dict:
+              precision: str = "auto") -> dict:
     """Segment every case under ``input_path`` into ``out_dir``.
 
     A case is done when its ``<id>.json`` exists (written last). A done case is skipped only when that
@@ -56,7 +59,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
     shard = options.shard or ((ctx.rank, ctx.world) if ctx.world > 1 else None)
     cases, skipped_lines = discover(input_path, options.series)
     for line in skipped_lines if not shard or shard[0] == 0 else []:
-        echo(line)
+        log.info(line)
     if not cases:
         raise NothingToSegment("nothing to segment (no image files, DICOM series or dataset cases found)",
                                input_path)
@@ -68,7 +71,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
     predictor = Predictor.from_dir(model_dir, device=str(dev), precision=precision)
     settings = predictor.settings(options.mirror, options.overlap)
     remove_stale_temporaries(out)  # left by a run that was killed mid-write
-    rows = [_run_case(predictor, case, out, options, settings, echo)
+    rows = [_run_case(predictor, case, out, options, settings)
             for case in tqdm(cases, desc="cases", unit="case", disable=None)]
     if shard:  # each shard writes its own rows; the summary merges every shard done so far (all, under torchrun)
         write_text_atomic(out / f"summary.shard{shard[0]}of{shard[1]}.json", json.dumps(rows))
@@ -79,14 +82,14 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
     if ctx.main:
         write_csv_atomic(out / "summary.csv", [_csv_row(r) for r in rows])
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
-        echo(summary_line(summary))
+        log.info(summary_line(summary))
     return summary
 
 
-def _run_case(predictor, case: InputCase, out: Path, options: InferOptions, settings: dict, echo) -> dict:
+def _run_case(predictor, case: InputCase, out: Path, options: InferOptions, settings: dict) -> dict:
     """Segment one case unless an earlier result holds; returns its summary row (never raises)."""
     if case.refused:
-        echo(f"refused: {case.id} ({case.description}): {case.refused}")
+        log.error(f"{case.id} ({case.description}): {case.refused}", extra=REFUSED)
         return {"id": case.id, "status": "refused", "reason": case.refused, "model_id": predictor.model_id,
                 **_dicom_uids(case)}
     previous = read_case_json(out / f"{case.id}.json")
@@ -96,19 +99,19 @@ def _run_case(predictor, case: InputCase, out: Path, options: InferOptions, sett
     try:
         record = segment_case(predictor, case, out, options)
     except MedsegError as exc:
-        echo(f"error: {case.id}: {exc}")
+        log.error(f"{case.id}: {exc}")
         return {"id": case.id, "status": "failed", "reason": str(exc), "model_id": predictor.model_id,
                 **_dicom_uids(case)}
     except Exception as exc:  # one broken case must not stop an unattended batch
-        echo(f"error: {case.id}: {unexpected(exc)}")
+        log.error(f"{case.id}: {unexpected(exc)}")
         return {"id": case.id, "status": "failed", "reason": unexpected(exc), "model_id": predictor.model_id,
                 **_dicom_uids(case)}
     for text in record["warnings"]:
-        echo(f"warning: {case.id}: {text}")
+        log.warning(f"{case.id}: {text}")
     for text in record["flags"]:
-        echo(f"flag: {case.id}: {text}")
-    echo(f"{case.id} ({case.description}): done in {record['seconds']:.1f} s" + (f" (redone: {reason})" if reason
-                                                                                    else ""))
+        log.warning(f"{case.id}: {text}", extra=FLAG)
+    log.info(f"{case.id} ({case.description}): done in {record['seconds']:.1f} s"
+             + (f" (redone: {reason})" if reason else ""))
     return _row(record, "done", f"redone: {reason}" if reason else "", options)
 
 

@@ -22,7 +22,7 @@ from medseg.postprocess import ComponentRule
 from medseg.preprocess.plan import Plan
 from medseg.types import Volume
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "Prediction"]
 

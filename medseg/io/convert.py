@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from medseg.io.atomic import make_output_dir, write_text_atomic
 from medseg.io.dicom import read_series, scan_dicom
 from medseg.io.naming import safe_token, series_digest, series_file_stem
 from medseg.io.volume_io import write_volume
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ def convert_dicom_folder(folder: str | Path, out_dir: str | Path, overwrite: boo
     Names come from the series' identity (series number, hash of the SeriesInstanceUID), never from the
     order of discovery. Beside each image, ``<stem>.json`` records which series it holds; an existing
     output is kept only when its sidecar proves it is the same series, and replaced only with
-    ``overwrite``. A refused or failing series is reported in one line and the others go on.
+    ``overwrite``. A refused or failing series is logged in one line and the others go on; a summary line ends.
 
     Raises:
         MedsegError: when the folder holds no DICOM image series at all.
@@ -42,7 +45,16 @@ def convert_dicom_folder(folder: str | Path, out_dir: str | Path, overwrite: boo
         raise MedsegError(f"no DICOM image series found ({looked} file(s) looked at, none a DICOM image); "
                           "expected a folder of DICOM files, e.g. a PACS export", folder)
     out_dir = make_output_dir(out_dir)
-    return [_convert_one(series, out_dir, overwrite, suffix) for series in scan.series]
+    results = [_convert_one(series, out_dir, overwrite, suffix) for series in scan.series]
+    for r in results:
+        if r.error:
+            log.error(r.error)
+        else:
+            log.info(f"{r.series} -> {r.output}" + (" (exists, same series, kept)" if r.kept else ""))
+        for text in r.warnings:
+            log.warning(f"{r.series}: {text}")
+    log.info(f"converted {sum(r.error is None for r in results)} of {len(results)} series")
+    return results
 
 
 def _convert_one(series, out_dir: Path, overwrite: bool, suffix: str) -> Converted:

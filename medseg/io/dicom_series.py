@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.errors import one_line
 from medseg.io.dicom_files import NOT_DICOM_SUFFIXES, FileInfo, open_dicom, read_file_info
 from medseg.io.geometry import lps_to_ras
 from medseg.io.paths import regular_file_problem
@@ -25,7 +26,7 @@ from medseg.io.paths import regular_file_problem
 # Imported inside functions, measured on import after numpy: highdicom 0.61 s. `import medseg` (so `medseg --help`)
 # loads this module; only the calls that need them pay.
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 # Slice steps may deviate from the median step by this much before a series is refused:
 # 2% of the step (at least 0.01 mm) tolerates rounded positions, yet catches any missing slice.
@@ -322,7 +323,7 @@ def _multiframe_series(info: FileInfo) -> DicomSeries:
 
         geometry = hd.Image.from_dataset(open_dicom(info.path, "deferred"), copy=False).get_volume_geometry()
     except Exception as exc:  # highdicom raises many types for inconsistent functional groups
-        series.problems.append(f"frames do not describe a volume ({' '.join(str(exc).split())[:150]})")
+        series.problems.append(f"frames do not describe a volume ({one_line(exc, 150)})")
         return series
     if geometry is None:
         series.problems.append("frames do not form a regularly spaced volume (missing or uneven frames)")

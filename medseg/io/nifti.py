@@ -27,7 +27,7 @@ from medseg.types import Volume
 # Imported inside functions, measured on import after numpy: nibabel 0.48 s. `import medseg` (so `medseg --help`)
 # loads this module; only the calls that need them pay.
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 QFORM_TOLERANCE_MM = 0.05
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}

@@ -17,7 +17,7 @@ from medseg.io.atomic import atomic_path
 from medseg.io.codes import SegmentConcept, label_concepts, srgb_to_dicom_cielab
 from medseg.types import Volume
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 
 def write_dicom_seg(label: Volume, source_files: list[str | Path], label_names: dict[int, str], path: str | Path,

@@ -14,7 +14,7 @@ from medseg.io.nifti import read_nifti, write_nifti
 from medseg.io.paths import ITK_SUFFIXES, NIFTI_SUFFIXES, WRITE_SUFFIXES, image_suffix, regular_file_problem
 from medseg.types import Volume
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 
 def read_volume(path: str | Path, label: bool = False) -> Volume:

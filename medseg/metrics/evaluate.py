@@ -12,8 +12,8 @@ component) of each scored case and label; ``summary.json`` pools them per label 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from medseg.metrics.lesions import (
 from medseg.metrics.overlap import dice, iou, volume_mm3
 from medseg.metrics.surface import surface_metrics
 from medseg.types import Volume
+
+log = logging.getLogger(__name__)
 
 METRICS = ["dice", "iou", "hd95", "assd", "nsd", "volume_pred_mm3", "volume_gt_mm3", "volume_diff_mm3",
            "lesion_sensitivity", "lesion_precision", "lesion_f1"]
@@ -120,8 +122,7 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return {image_stem(p): p for p in sorted(folder.iterdir()) if image_suffix(p)}
 
 
-def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None, tolerance_mm: float = 1.0,
-                    echo: Callable[[str], None] = print) -> dict:
+def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None, tolerance_mm: float = 1.0) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (folder of label files or a dataset).
 
     Writes ``metrics.csv`` (case x label), ``lesions.csv`` (one row per truth lesion), ``summary.json`` (mean,
@@ -152,7 +153,7 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
         if contoured is not None:
             omitted.update(name for value, name in names_here.items() if value != 0 and value not in contoured)
     for line in errors:
-        echo(f"error: {line}")
+        log.error(f"{line}")
     result = {"summary": summarize(rows), "lesions": summarize_lesions(lesions, _false_positives(rows)),
               "small_lesion_mm3": SMALL_LESION_MM3, "errors": errors, "cases": len(pairs),
               "uncontoured_omitted": dict(omitted), "tolerance_mm": tolerance_mm}

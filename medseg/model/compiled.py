@@ -35,7 +35,7 @@ import torch
 
 from medseg.model.device import _cache_path, autocast, cpu_model
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 # A first compilation (~15 s above) pays for itself within one job only over about this many windows (bf16
 # saves ~11 ms each, fp32 ~38 ms); smaller jobs run eagerly unless a package for the network is already cached.
@@ -97,8 +97,8 @@ def _compile(net: torch.nn.Module, dtype: torch.dtype | None, batch_shape: tuple
         except Exception as exc:  # noqa: BLE001 - a network torch.export cannot trace runs eagerly
             _remember_failure(failed, f"export failed: {exc}")
             return False
-        log.warning("compiling the network for CPU inference (once per model and machine, at most %.0f s)",
-                    COMPILE_TIMEOUT_S)
+        log.info("compiling the network for CPU inference (once per model and machine, at most %.0f s)",
+                 COMPILE_TIMEOUT_S)
         problem = _run_compiler(program, partial)
         if problem:
             _remember_failure(failed, problem)

@@ -28,7 +28,7 @@ from medseg.io.atomic import write_text_atomic
 from medseg.model.networks import build_network, network_key
 from medseg.preprocess.plan import Plan
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 PRECISIONS = CHOICES[("train", "precision")]
 DEVICES = ("auto", "cpu", "cuda")

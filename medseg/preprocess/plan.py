@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config import RunConfig
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 from medseg.io.atomic import write_text_atomic
 from medseg.preprocess.normalize import channel_scheme
 from medseg.preprocess.resample import needs_separate_z
@@ -104,7 +104,7 @@ class Plan:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise MedsegError(f"cannot read the plan ({' '.join(str(exc).split())[:150]})", path) from None
+            raise MedsegError(f"cannot read the plan ({one_line(exc, 150)})", path) from None
         if not isinstance(data, dict):
             raise MedsegError("plan must be a JSON object", path)
         return cls.from_dict(data, path)

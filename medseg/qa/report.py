@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from medseg.qa.figures import comparison_figure, figure_png_base64, overlay_figu
 from medseg.qa.flags import case_flags
 from medseg.qa.uncertainty import normalised_entropy
 from medseg.types import Volume
+
+log = logging.getLogger(__name__)
 
 NO_PROBABILITIES = ("No probabilities saved for this case, so no uncertainty map "
                     "(medseg infer --probabilities saves them).")
@@ -151,8 +153,7 @@ def read_records(results: str | Path) -> list[dict]:
     return records
 
 
-def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str | Path | None = None,
-                 echo: Callable[[str], None] = print) -> Path:
+def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Review every case of a `medseg infer` output folder and write ``qa_report.html`` (worst first)."""
     results = Path(results_dir)
     records = read_records(results)
@@ -166,12 +167,12 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
             reviews.append(review_case(record, truths.get(record["id"]), training, annotated.get(record["id"])))
         except MedsegError as exc:
             reviews.append(CaseReview(id=record["id"], volumes={}, flags=[f"cannot review: {exc.problem}"]))
-            echo(f"error: {record['id']}: {exc}")
+            log.error(f"{record['id']}: {exc}")
     reviews.sort(key=CaseReview.severity)
     path = Path(out) if out else results / "qa_report.html"
     write_text_atomic(path, render_html(reviews, has_gt=bool(truths), training=_training_curves(records)))
     flagged = sum(bool(r.flags) for r in reviews)
-    echo(f"QA report: {len(reviews)} cases, {flagged} flagged -> {path}")
+    log.info(f"QA report: {len(reviews)} cases, {flagged} flagged -> {path}")
     return path
 
 

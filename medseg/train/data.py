@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +30,15 @@ from medseg.preprocess.io import load_case
 from medseg.preprocess.plan import Plan
 from medseg.train.budget import plan_for_budget
 
+log = logging.getLogger(__name__)
 
-def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
+
+def refuse_bad_dataset(dataset: Dataset) -> None:
     """Run ``medseg check``; print every error and refuse to train when there is any."""
     report = check_dataset(dataset)
     if not report.ok:
         for problem in report.errors:
-            echo(str(problem))
+            log.error(problem.detail)
         raise MedsegError(f"dataset has {len(report.errors)} error(s) (listed above); training not started",
                           dataset.root)
     if not dataset.trainable:
@@ -44,12 +46,12 @@ def refuse_bad_dataset(dataset: Dataset, echo: Callable[[str], None]) -> None:
                           dataset.root)
 
 
-def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo, device: torch.device | None = None,
+def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, device: torch.device | None = None,
                  seconds_left: float | None = None) -> tuple[Plan, dict]:
     """Plan and fingerprint of the run folder, computed (without test cases) and saved on the first call.
 
     With ``seconds_left`` (what remains of ``train.time_budget``) on a CPU the plan is chosen to fit the
-    budget (:mod:`medseg.train.budget`); the candidates and the reason are echoed.
+    budget (:mod:`medseg.train.budget`); the candidates and the reason are logged.
     """
     plan_path, fp_path = out / "plan.json", out / "fingerprint.json"
     if plan_path.exists() and fp_path.exists():
@@ -58,19 +60,19 @@ def load_or_plan(dataset: Dataset, config: RunConfig, out: Path, echo, device: t
     choice = plan_for_budget(fp, dataset.channels, dataset.labels, config, device or torch.device("cpu"),
                              seconds_left)
     for candidate in choice.candidates:
-        echo(f"  candidate: {candidate.line()}")
-    echo(f"plan chosen: {choice.reason}")
+        log.info(f"  candidate: {candidate.line()}")
+    log.info(f"plan chosen: {choice.reason}")
     plan = choice.plan
     write_text_atomic(fp_path, json.dumps(fp, indent=1))
     plan.write(plan_path)
     lateral = ", ".join(str(a) for a in range(3) if a not in plan.mirror_axes)
-    echo(f"plan: spacing {plan.target_spacing} mm, patch {plan.patch_size}, batch {plan.batch_size}, "
-         f"{len(plan.strides)} levels, separate-z axis {plan.separate_z_axis}, mirroring axes {plan.mirror_axes}"
-         + (f" (left/right labels along axis {lateral})" if lateral else ""))
+    log.info(f"plan: spacing {plan.target_spacing} mm, patch {plan.patch_size}, batch {plan.batch_size}, "
+             f"{len(plan.strides)} levels, separate-z axis {plan.separate_z_axis}, mirroring axes {plan.mirror_axes}"
+             + (f" (left/right labels along axis {lateral})" if lateral else ""))
     return plan, fp
 
 
-def prepare_cases(dataset: Dataset, ids, plan: Plan, cache: Path, echo) -> tuple[list, list, list]:
+def prepare_cases(dataset: Dataset, ids, plan: Plan, cache: Path) -> tuple[list, list, list]:
     """Preprocessed ``(images, labels, contoured)`` for ``ids``, from ``cache`` when already done.
 
     Labels are int16 class indices (see the module docstring); ``contoured[i]`` is a ``(K,)`` bool array of

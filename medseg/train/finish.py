@@ -6,8 +6,8 @@ and ``medseg tune-postprocess``, which redoes the final validation and the choic
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -36,9 +36,11 @@ from medseg.train.validation import (
     summarise,
 )
 
+log = logging.getLogger(__name__)
+
 
 def final_validation(net: torch.nn.Module, config: RunConfig, val_set: ValidationSet, plan: Plan, out: Path,
-                     dev: torch.device, dtype: torch.dtype | None, echo: Callable[[str], None]) -> dict:
+                     dev: torch.device, dtype: torch.dtype | None) -> dict:
     """Best weights, held-out fold, the inference path on original grids, without post-processing; then the
     rules chosen on these raw label maps (postprocess.json) and the final scores with them (validation.json,
     whose content is returned)."""
@@ -47,19 +49,19 @@ def final_validation(net: torch.nn.Module, config: RunConfig, val_set: Validatio
     settings = replace(inference_settings(config, plan, mirror), rules={})  # rules are applied to the raw maps below
     t0 = time.perf_counter()
     raw = list(predict_labels([net], val_set, plan, settings, dev, dtype))
-    cases, rules, choice = _choose_postprocess(raw, config, val_set, plan, out, echo)
+    cases, rules, choice = _choose_postprocess(raw, config, val_set, plan, out)
     result = {**summarise(cases, plan.foreground_names), "mirror": mirror, "overlap": settings.overlap,
               "postprocess": bool(rules), "postprocess_rules": {str(v): asdict(r) for v, r in sorted(rules.items())},
               "postprocess_choice": choice}
     write_text_atomic(out / "validation.json", json.dumps(result, indent=1))
     per_class = "  ".join(f"{k} {v:.4f}" for k, v in result["per_class"].items())
-    echo(f"final validation ({len(val_set.ids)} cases, original grids{', mirroring' if mirror else ''}): "
-         f"{per_class}  mean {result['mean']:.4f}  ({time.perf_counter() - t0:.0f} s)")
+    log.info(f"final validation ({len(val_set.ids)} cases, original grids{', mirroring' if mirror else ''}): "
+             f"{per_class}  mean {result['mean']:.4f}  ({time.perf_counter() - t0:.0f} s)")
     return result
 
 
-def _choose_postprocess(raw: list[np.ndarray], config: RunConfig, val_set: ValidationSet, plan: Plan, out: Path,
-                        echo: Callable[[str], None]) -> tuple[dict, dict, dict]:
+def _choose_postprocess(raw: list[np.ndarray], config: RunConfig, val_set: ValidationSet, plan: Plan,
+                        out: Path) -> tuple[dict, dict, dict]:
     """Choose rules (:mod:`medseg.postprocess.choose`) on the raw validation label maps (``(X, Y, Z)`` each) for
     the labels the config gives none, write them to postprocess.json, and score the maps post-processed with them
     and the config's rules. Returns (Dice per case and label, the rules applied, the choice by label name)."""
@@ -76,25 +78,24 @@ def _choose_postprocess(raw: list[np.ndarray], config: RunConfig, val_set: Valid
         c = choices[value]
         detection = (f"; lesion sensitivity {c.sensitivity_before:.3f} -> {c.sensitivity_after:.3f}"
                      if c.lesion_like else "")
-        echo(f"post-processing {c.name}: {describe(c.rule)} (validation Dice {c.dice_before:.4f} -> "
-             f"{c.dice_after:.4f}, +{c.gain:.4f} over {c.cases} cases{detection})")
+        log.info(f"post-processing {c.name}: {describe(c.rule)} (validation Dice {c.dice_before:.4f} -> "
+                 f"{c.dice_after:.4f}, +{c.gain:.4f} over {c.cases} cases{detection})")
     if not chosen:
-        echo(f"post-processing: no rule raised a label's validation Dice by more than {MIN_GAIN}; none chosen")
+        log.info(f"post-processing: no rule raised a label's validation Dice by more than {MIN_GAIN}; none chosen")
     rules = {**chosen, **fixed}
     final = [postprocess(m, rules, spacing)[0] for m, spacing in zip(raw, spacings, strict=True)] if rules else raw
     return score_labels(final, val_set, labels), rules, report
 
 
-def seal_and_summarise(out: Path, plan: Plan, state: RunState, kept: int, seconds: float,
-                       echo: Callable[[str], None], final: dict) -> dict:
+def seal_and_summarise(out: Path, plan: Plan, state: RunState, kept: int, seconds: float, final: dict) -> dict:
     """Seal the model folder (versions, labels, SHA256SUMS) and return the run's summary; ``kept`` is the epoch
     whose weights the final validation scored, ``seconds`` the run's wall-clock time."""
     model_id = ModelFolder(out).seal(plan.labels)
     summary = {"best_mean_dice": state.best, "best_epoch": state.best_epoch, "weights_epoch": kept,
                "epochs": state.epoch, "seconds": seconds, "model_dir": str(out), "model_id": model_id,
                "validation": final}
-    echo(f"done: {state.epoch} epochs in {clock(seconds)}; final validation mean Dice {final['mean']:.4f} with "
-         f"epoch {kept}'s weights; model {model_id} in {out} (`medseg export` makes a copy to share)")
+    log.info(f"done: {state.epoch} epochs in {clock(seconds)}; final validation mean Dice {final['mean']:.4f} with "
+             f"epoch {kept}'s weights; model {model_id} in {out} (`medseg export` makes a copy to share)")
     return summary
 
 
@@ -104,7 +105,7 @@ def clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
-def tune_postprocess(run_dir, dataset_path, device: str = "auto", echo: Callable[[str], None] = print) -> dict:
+def tune_postprocess(run_dir, dataset_path, device: str = "auto") -> dict:
     """Choose post-processing for a finished run folder (e.g. one trained before medseg chose it): training's
     final validation again (best weights, the run's validation fold of ``dataset_path``, its settings and
     precision), then postprocess.json and validation.json rewritten and the folder re-summed. Returns
@@ -121,7 +122,7 @@ def tune_postprocess(run_dir, dataset_path, device: str = "auto", echo: Callable
     dev = resolve_device(device)
     dtype = autocast_dtype(precision_for(plan, config, dev).precision)
     result = final_validation(build_network(plan, config.model).to(dev), config, load_validation(dataset, val_ids),
-                              plan, folder.path, dev, dtype, echo)
+                              plan, folder.path, dev, dtype)
     folder.reseal()
     return result
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medseg.io.atomic import atomic_path
 
-log = logging.getLogger("medseg")
+log = logging.getLogger(__name__)
 
 
 def read_log(log_path: str | Path) -> list[dict]:

@@ -16,6 +16,7 @@ choice and sealing are :mod:`medseg.train.finish`'s (``tune_postprocess`` is re-
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,12 +47,14 @@ from medseg.train.schedule import RunState, Schedule
 from medseg.train.splits import split_cases
 from medseg.train.validation import ValidationSet, inference_settings, load_validation, summarise, validate
 
+log = logging.getLogger(__name__)
+
 __all__ = ["train", "tune_postprocess"]
 DICOM_IMPORT = "dicom_import"  # the run's copy of a DICOM export as an nnU-Net raw folder
 
 
 def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool = False, device: str = "auto",
-          echo: Callable[[str], None] = print, labels: str | Path | None = None) -> dict:
+          labels: str | Path | None = None) -> dict:
     """Train one fold and write the model folder ``out_dir``. Returns the final summary.
 
     ``dataset_path`` is any dataset :func:`medseg.data.source.open_dataset` reads: a DICOM export (or a
@@ -61,14 +64,14 @@ def train(dataset_path, out_dir, config: RunConfig, fold: int = 0, resume: bool 
     """
     ctx, dev = setup(device)
     try:
-        return _train(dataset_path, Path(out_dir), config, fold, resume, dev, ctx,
-                      echo if ctx.main else (lambda _: None), labels)
+        if not ctx.main:  # rank 0 reports for every rank; the others only their warnings and errors
+            logging.getLogger("medseg").setLevel(logging.WARNING)
+        return _train(dataset_path, Path(out_dir), config, fold, resume, dev, ctx, labels)
     finally:
         shutdown(ctx)
 
 
-def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, dev, ctx: Context, echo,
-           labels) -> dict:
+def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, dev, ctx: Context, labels) -> dict:
     start = time.perf_counter()
     if (out / "checkpoint_last.pt").exists() and not resume:
         raise MedsegError("run folder already has a checkpoint; add --resume to continue it or pick a new folder", out)
@@ -81,31 +84,31 @@ def _train(dataset_path, out: Path, config: RunConfig, fold: int, resume: bool, 
         try:
             make_output_dir(out)
             remove_stale_temporaries(out)  # left by a run that was killed mid-write
-            dataset_path = _imported(dataset_path, out, labels, echo)
+            dataset_path = _imported(dataset_path, out, labels)
             dataset = load_dataset(dataset_path)
-            refuse_bad_dataset(dataset, echo)
+            refuse_bad_dataset(dataset)
             budget = parse_duration(config.train.time_budget)
-            _prepare(dataset, config, out, fold, echo, dev, None if budget is None else budget - (
+            _prepare(dataset, config, out, fold, dev, None if budget is None else budget - (
                 time.perf_counter() - start))
         except MedsegError as exc:
             failure = exc
     if ctx.broadcast(str(failure) if failure else None):  # every rank stops together on a refused dataset
         raise failure if failure else MedsegError("rank 0 refused the dataset (see its message)")
     dataset = load_dataset(ctx.broadcast(str(dataset_path)))
-    plan, _ = load_or_plan(dataset, config, out, echo)
+    plan, _ = load_or_plan(dataset, config, out)
     tc = config.train
     split = split_cases(dataset, tc.folds, tc.seed, out / "splits.json", tc.split_group)[fold]
-    train_data = prepare_cases(dataset, split["train"], plan, out / "cache", echo)
+    train_data = prepare_cases(dataset, split["train"], plan, out / "cache")
     val_set = load_validation(dataset, split["val"])
-    echo(f"preprocessed {len(split['train'])} training cases, loaded {len(split['val'])} validation cases in "
-         f"{time.perf_counter() - start:.0f} s" + (f"; {ctx.world} ranks" if ctx.world > 1 else ""))
-    dtype = _precision(config, plan, dev, ctx, echo)
-    net, state, kept = _fit(config, plan, train_data, val_set, out, dev, dtype, start, echo, resume, ctx)
-    final = final_validation(net, config, val_set, plan, out, dev, dtype, echo) if ctx.main else None
+    log.info(f"preprocessed {len(split['train'])} training cases, loaded {len(split['val'])} validation cases in "
+             f"{time.perf_counter() - start:.0f} s" + (f"; {ctx.world} ranks" if ctx.world > 1 else ""))
+    dtype = _precision(config, plan, dev, ctx)
+    net, state, kept = _fit(config, plan, train_data, val_set, out, dev, dtype, start, resume, ctx)
+    final = final_validation(net, config, val_set, plan, out, dev, dtype) if ctx.main else None
     ctx.barrier()
     if not ctx.main:
         return {"rank": ctx.rank, **state.to_dict()}
-    return seal_and_summarise(out, plan, state, kept, time.perf_counter() - start, echo, final)
+    return seal_and_summarise(out, plan, state, kept, time.perf_counter() - start, final)
 
 
 def _seed(config: RunConfig) -> None:
@@ -118,32 +121,32 @@ def _seed(config: RunConfig) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _imported(dataset_path, out: Path, labels, echo) -> Path:
+def _imported(dataset_path, out: Path, labels) -> Path:
     """The dataset to train on: a DICOM export (or DICOM cases of a manifest) imported once per run into
     ``out/dicom_import``, so epochs never re-read DICOM; any other dataset as it is."""
-    path, dataset = materialise(dataset_path, out / DICOM_IMPORT, labels, echo)
+    path, dataset = materialise(dataset_path, out / DICOM_IMPORT, labels)
     for line in dataset.notes if dataset else []:
-        echo(line)
+        log.info(line)
     return path
 
 
-def _prepare(dataset, config, out: Path, fold: int, echo, dev, seconds_left: float | None) -> None:
-    plan, _ = load_or_plan(dataset, config, out, echo, dev, seconds_left)
+def _prepare(dataset, config, out: Path, fold: int, dev, seconds_left: float | None) -> None:
+    plan, _ = load_or_plan(dataset, config, out, dev, seconds_left)
     save_config(config, out / "config.yaml")
     splits = split_cases(dataset, config.train.folds, config.train.seed, out / "splits.json",
                          config.train.split_group)
     if not 0 <= fold < len(splits):
         raise MedsegError(f"--fold {fold} out of range (0..{len(splits) - 1})")
-    prepare_cases(dataset, splits[fold]["train"], plan, out / "cache", echo)
+    prepare_cases(dataset, splits[fold]["train"], plan, out / "cache")
 
 
-def _precision(config, plan, dev, ctx: Context, echo) -> torch.dtype | None:
+def _precision(config, plan, dev, ctx: Context) -> torch.dtype | None:
     """The autocast dtype: ``train.precision``, where ``auto`` is measured on this machine by rank 0."""
     chosen = None
     if ctx.main:
         choice = precision_for(plan, config, dev)
         chosen = choice.precision
-        echo(f"precision {chosen} ({choice.reason})")
+        log.info(f"precision {chosen} ({choice.reason})")
     return autocast_dtype(ctx.broadcast(chosen))
 
 
@@ -163,22 +166,22 @@ class _Trainer:
     batches: Iterator | None = None  # (images, labels, contoured) batches, started once the epoch is known
 
 
-def _fit(config, plan: Plan, train_data, val_set: ValidationSet, out: Path, dev, dtype, start: float, echo,
-         resume: bool, ctx: Context) -> tuple[torch.nn.Module, RunState, int]:
+def _fit(config, plan: Plan, train_data, val_set: ValidationSet, out: Path, dev, dtype, start: float, resume: bool,
+         ctx: Context) -> tuple[torch.nn.Module, RunState, int]:
     """Train until the schedule says stop. Returns the network (last epoch's weights), the final state and the
     epoch whose weights ``weights.pt`` holds."""
     trainer = _trainer(config, plan, train_data, dev, dtype, ctx)
-    state = _resume(trainer, out, echo, ctx) if resume and (out / "checkpoint_last.pt").exists() else RunState()
+    state = _resume(trainer, out, ctx) if resume and (out / "checkpoint_last.pt").exists() else RunState()
     # a time budget counts an interrupted run's time too
     schedule = Schedule.for_run(config.train, plan, start - state.elapsed, ctx.world)
     trainer.batches = _batches(config, plan, trainer.sampler, ctx, state.epoch)
     while (progress := ctx.broadcast(schedule.progress(state))) < 1.0:  # rank 0 decides for every rank
         t0 = time.perf_counter()
-        stats = _train_epoch(trainer, config, schedule, state, progress, echo)
+        stats = _train_epoch(trainer, config, schedule, state, progress)
         scores = _validate_epoch(trainer, config, plan, val_set, schedule, state, stats, t0, ctx)
         schedule.epoch_seconds = time.perf_counter() - t0
-        state = _end_epoch(trainer, out, schedule, state, stats, scores, t0, echo, ctx)
-    return trainer.net, state, _kept_epoch(trainer.net, out, state, echo, ctx)
+        state = _end_epoch(trainer, out, schedule, state, stats, scores, t0, ctx)
+    return trainer.net, state, _kept_epoch(trainer.net, out, state, ctx)
 
 
 def _trainer(config, plan: Plan, train_data, dev, dtype, ctx: Context) -> _Trainer:
@@ -200,7 +203,7 @@ def _rank_seed(tc, ctx: Context) -> int:
     return tc.seed + 1000 * ctx.rank  # each rank draws its own patches
 
 
-def _resume(trainer: _Trainer, out: Path, echo, ctx: Context) -> RunState:
+def _resume(trainer: _Trainer, out: Path, ctx: Context) -> RunState:
     """Network, optimiser and (rank 0's) sampler RNG from ``checkpoint_last.pt``; the log cut to its epoch."""
     ckpt = load_checkpoint(out / "checkpoint_last.pt")
     trainer.net.load_state_dict(ckpt["model"])
@@ -209,7 +212,7 @@ def _resume(trainer: _Trainer, out: Path, echo, ctx: Context) -> RunState:
     if ctx.main:
         restore_rng(ckpt["rng"], trainer.sampler.rng)
         _truncate_log(out / "log.jsonl", state.epoch)
-    echo(f"resumed at epoch {state.epoch} (best mean Dice {state.best:.4f})")
+    log.info(f"resumed at epoch {state.epoch} (best mean Dice {state.best:.4f})")
     return state
 
 
@@ -222,15 +225,15 @@ def _batches(config, plan: Plan, sampler: PatchSampler, ctx: Context, epoch: int
     return iter(loader)
 
 
-def _train_epoch(trainer: _Trainer, config, schedule: Schedule, state: RunState, progress: float, echo) -> dict:
+def _train_epoch(trainer: _Trainer, config, schedule: Schedule, state: RunState, progress: float) -> dict:
     """One epoch of steps at the learning rate for ``progress`` (cut short at the budget's deadline)."""
     for group in trainer.optimizer.param_groups:
         group["lr"] = schedule.lr(progress)
     epoch = state.epoch + 1
     stats = train_steps(trainer.model, trainer.batches, trainer.optimizer, trainer.loss_fn, trainer.device,
                         trainer.dtype, config.train.iterations_per_epoch, trainer.scaler, deadline=schedule.deadline(),
-                        report=lambda done, steps, rate: echo(f"epoch {epoch:3d}: {done}/{steps} steps, "
-                                                              f"{rate:.2f} steps/s"))
+                        report=lambda done, steps, rate: log.info(f"epoch {epoch:3d}: {done}/{steps} steps, "
+                                                                  f"{rate:.2f} steps/s"))
     state.step += stats["steps"]
     state.train_seconds += stats["seconds"]
     state.epoch = epoch
@@ -257,13 +260,13 @@ def _validate_epoch(trainer: _Trainer, config, plan: Plan, val_set: ValidationSe
 
 
 def _end_epoch(trainer: _Trainer, out: Path, schedule: Schedule, state: RunState, stats: dict, scores: dict | None,
-               t0: float, echo, ctx: Context) -> RunState:
+               t0: float, ctx: Context) -> RunState:
     """Rank 0 keeps the best weights, writes the checkpoint and the log line; every rank gets rank 0's state."""
     state.elapsed = time.perf_counter() - schedule.start
     losses = ctx.gather(stats["loss"])
     if ctx.main:
         _after_epoch(out, trainer, state, stats, scores, losses, t0, ctx.world)
-        echo(_progress_line(out / "log.jsonl", schedule.progress(state), schedule.start))
+        log.info(_progress_line(out / "log.jsonl", schedule.progress(state), schedule.start))
     return ctx.broadcast(state)
 
 
@@ -287,14 +290,14 @@ def _after_epoch(out: Path, trainer: _Trainer, state: RunState, stats: dict, sco
     update_progress_png(out / "log.jsonl", out / "progress.png")
 
 
-def _kept_epoch(net: torch.nn.Module, out: Path, state: RunState, echo, ctx: Context) -> int:
+def _kept_epoch(net: torch.nn.Module, out: Path, state: RunState, ctx: Context) -> int:
     """The epoch whose weights ``weights.pt`` holds for the final validation. Sparse validation can leave the
     last epoch unscored (a budgeted run that stopped between passes): its weights, the most trained, replace an
     early validated epoch's (seen: epoch 1 of 26)."""
     if not ctx.main or state.epoch <= state.validated:
         return state.best_epoch
     save_checkpoint(out / "weights.pt", net.state_dict())
-    echo(f"epoch {state.epoch} was not validated: its weights (the most trained) go to the final validation")
+    log.info(f"epoch {state.epoch} was not validated: its weights (the most trained) go to the final validation")
     return state.epoch
 
 
