@@ -237,12 +237,12 @@ def test_prepared_cases_cache_the_mask_and_redo_it_when_the_lists_change(small_o
     root, listed = small_openkbp
     dataset = load_dataset(root)
     plan = preprocessing_plan((8.0, 8.0, 8.0), dataset.labels)
-    _, labels, masks = prepare_cases(dataset, ["pt_10"], plan, tmp_path / "cache", lambda _: None)
+    _, labels, masks = prepare_cases(dataset, ["pt_10"], plan, tmp_path / "cache")
     assert np.flatnonzero(masks[0]).tolist() == [0, 1, 2, 3, 4] and set(np.unique(labels[0])) <= {0, 1, 2, 3, 4}
     with np.load(tmp_path / "cache" / "pt_10.npz") as cached:
         assert np.array_equal(cached["contoured"], masks[0])
     dataset.cases = [replace(c, annotated=None) for c in dataset.cases]
-    _, _, masks = prepare_cases(dataset, ["pt_10"], plan, tmp_path / "cache", lambda _: None)
+    _, _, masks = prepare_cases(dataset, ["pt_10"], plan, tmp_path / "cache")
     with np.load(tmp_path / "cache" / "pt_10.npz") as cached:
         assert masks[0].all() and cached["contoured"].all()
 

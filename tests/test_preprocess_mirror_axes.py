@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import collect_log
 
 from medseg.config import AugmentConfig, load_config
 from medseg.data.dataset import load_dataset
@@ -106,14 +107,14 @@ def _plan_axes(manifest: Path) -> list[int]:
 
 def test_openkbp_plan_leaves_out_the_parotid_axis(openkbp, tmp_path):
     """OpenKBP's diagonal affine puts the parotids across array axis 1 (not R): the plan measures that, says so
-    in the echo line and in plan.json."""
+    in the log line and in plan.json."""
     labels, cases = openkbp
     assert lateral_pairs(labels) == [(LEFT_PAROTID, RIGHT_PAROTID)]
     lateral = _itk_lateral_axis([s for _, _, s in cases])
     assert lateral == 1  # as measured on the label maps (centroids y ~50 vs ~78 voxels)
-    lines = []
-    plan, fp = load_or_plan(load_dataset(_manifest(tmp_path / "kbp.yaml", labels, "CT", cases)), load_config(),
-                            tmp_path, lines.append)
+    with collect_log() as lines:
+        plan, fp = load_or_plan(load_dataset(_manifest(tmp_path / "kbp.yaml", labels, "CT", cases)), load_config(),
+                                tmp_path)
     assert plan.mirror_axes == [a for a in range(3) if a != lateral] == [0, 2]
     assert any("mirroring axes [0, 2] (left/right labels along axis 1)" in line for line in lines)
     assert json.loads((tmp_path / "plan.json").read_text())["mirror_axes"] == [0, 2]
