@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pydicom
 import pytest
+from conftest import collect_log
 from pydicom.uid import generate_uid
 
 from medseg.data.phantom import make_phantom
@@ -29,7 +30,7 @@ MULTI_FRAME = "enhanced multi-frame sources are not supported yet"
 class PhantomPredictor:
     """Predicts the phantom's label map (from its intensities) on the input's grid, with the Predictor's API."""
 
-    model_id, labels, model_dir = "phantom-model", LABELS, "phantom"
+    model_id, labels, model_dir, temperature = "phantom-model", LABELS, "phantom", 1.0
     plan, fingerprint = SimpleNamespace(channels={0: "MR"}), None
 
     def settings(self, mirror=None, overlap=None) -> dict:
@@ -107,11 +108,12 @@ def test_multi_frame_series_says_why_it_has_no_dicom_output(multi_frame_folder, 
 
 
 def test_node_says_why_a_multi_frame_series_has_nothing_to_send(multi_frame_folder, series_folder, tmp_path):
-    settings, lines = NodeSettings(out=tmp_path / "node"), []
+    settings = NodeSettings(out=tmp_path / "node")
     settings.out.mkdir()
     with pytest.raises(MedsegError, match=f"segmented in .* but no DICOM SEG written: {MULTI_FRAME}"):
-        segment_folder(PhantomPredictor(), multi_frame_folder, settings, lines.append)
-    assert segment_folder(PhantomPredictor(), series_folder, settings, lines.append) == 1
+        segment_folder(PhantomPredictor(), multi_frame_folder, settings)
+    with collect_log("medseg.dicomnet") as lines:
+        assert segment_folder(PhantomPredictor(), series_folder, settings) == 1
     assert "segmented in" in lines[-1] and "DICOM SEG in" in lines[-1]
 
 

@@ -124,6 +124,7 @@ def _row(record: dict, status: str, reason: str, options: InferOptions) -> dict:
     return {"id": record["id"], "status": status, "reason": reason, "model_id": record.get("model_id"),
             "seconds": record.get("seconds"), "flags": flags, "warnings": list(record.get("warnings", [])),
             "outputs": dict(record.get("outputs", {})), "label_volumes_mm3": dict(record.get("label_volumes_mm3", {})),
+            "predicted_quality": (record.get("quality") or {}).get("min"),
             "study_instance_uid": dicom.get("study_instance_uid"),
             "series_instance_uid": dicom.get("series_instance_uid")}
 

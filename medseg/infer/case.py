@@ -1,9 +1,10 @@
 """One case of `medseg infer`: read, predict, check plausibility, write every output, then the case JSON.
 
 The case JSON (``<id>.json``, written last, so it marks the case as done) records the model id, the
-result-changing settings, output file names relative to the output folder, label volumes, plausibility
-flags, input warnings, timings and, for DICOM inputs, the StudyInstanceUID and SeriesInstanceUID (to send
-results back), never patient names, IDs or dates.
+result-changing settings, output file names relative to the output folder, label volumes, the predicted
+quality (expected Dice per label from the calibrated probabilities), plausibility flags, input warnings, timings
+and, for DICOM inputs, the StudyInstanceUID and SeriesInstanceUID (to send results back), never patient names,
+IDs or dates.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from medseg.errors import MedsegError
 from medseg.infer.inputs import InputCase
 from medseg.infer.options import InferOptions
 from medseg.infer.outputs import Segmented, cannot_write, write_case_json, write_outputs
-from medseg.infer.plausibility import input_flags, result_flags
+from medseg.infer.plausibility import input_flags, quality_flags, result_flags
 from medseg.io.dicom import read_series
 from medseg.preprocess.io import load_image
 
@@ -45,10 +46,12 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     warnings = [str(w) for w in volume.meta.get("warnings", [])] + cannot_write(case, options)
     flags = input_flags(volume, predictor.plan, predictor.fingerprint)
     flags += result_flags(label, predictor.labels, predictor.fingerprint)
+    flags += quality_flags(prediction.quality, predictor.labels)
     record = {
         "id": case.id, "model_id": predictor.model_id,
         "settings": predictor.settings(options.mirror, options.overlap), "outputs": outputs,
         "label_volumes_mm3": _volumes(label, predictor.labels), "flags": flags,
+        "quality": _quality(prediction.quality, predictor.labels, predictor.temperature),
         "warnings": warnings,
         "labels": {str(k): v for k, v in predictor.labels.items()}, "model_dir": str(predictor.model_dir),
         "input": _input_record(case, volume),
@@ -58,6 +61,13 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     }
     write_case_json(out, record)
     return record
+
+
+def _quality(quality: dict[int, float], labels: dict[int, str], temperature: float) -> dict:
+    """The case JSON's predicted quality: expected Dice per label name, its minimum (what the QA report sorts
+    by) and the temperature that calibrated the probabilities."""
+    named = {labels[v]: round(q, 4) for v, q in sorted(quality.items())}
+    return {"expected_dice": named, "min": min(named.values(), default=1.0), "temperature": temperature}
 
 
 def _volumes(label, labels: dict[int, str]) -> dict[str, float]:

@@ -26,6 +26,9 @@ EXTENT_FACTOR = 1.5
 MIN_INTENSITY_OVERLAP = 0.05
 # A label volume below half the training 5th percentile or above 1.5x the 95th is flagged.
 VOLUME_LOW, VOLUME_HIGH = 0.5, 1.5
+# A label whose predicted quality (expected Dice, medseg.model.calibration) is below this is flagged: the
+# Dice under which benchmarks/qa_flags.py counts a result as failed, fixed before measuring.
+LOW_QUALITY = 0.5
 _MODALITY_WORDS = {"CT": ("ct",), "MR": ("mr", "mri", "t1", "t2", "flair", "dwi", "adc")}
 
 
@@ -73,6 +76,15 @@ def result_flags(label: Volume, labels: dict[int, str], fingerprint: dict | None
         elif size == 0 and ref["p05"] > 0:
             flags.append(f"{name}: missing (present in 95% of training cases)")
     return flags
+
+
+def quality_flags(quality: dict[int, float], labels: dict[int, str]) -> list[str]:
+    """One flag naming the labels whose predicted quality (value -> expected Dice) is below
+    :data:`LOW_QUALITY`, lowest first (none when every label is above it)."""
+    low = sorted((q, labels[v]) for v, q in quality.items() if q < LOW_QUALITY)
+    if not low:
+        return []
+    return ["low predicted quality: " + ", ".join(f"{name} expected Dice {q:.2f}" for q, name in low)]
 
 
 def canonical_geometry(volume: Volume) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medseg.config import RunConfig
@@ -39,6 +40,7 @@ class Predictor:
         self.rules = {**(chosen_rules or {}), **component_rules(config.postprocess.rules, self.labels)}
         self.model_dir: Path | None = None
         self.fingerprint: dict | None = None  # training statistics, for plausibility flags
+        self.temperature = 1.0  # calibrates the probabilities and the predicted quality; never changes a label
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
@@ -50,7 +52,7 @@ class Predictor:
         extracted safely to a temporary folder that is gone once the model is loaded.
         """
         dev = resolve_device(device)
-        nets, plan, config, fingerprint, chosen = [], None, None, None, []
+        nets, plan, config, fingerprint, chosen, temperatures = [], None, None, None, [], []
         try:
             with open_model(model_dir) as folders:
                 for folder in folders:
@@ -64,6 +66,7 @@ class Predictor:
                     plan, config = this_plan, folder.load_config()
                     fingerprint = fingerprint or folder.load_fingerprint()
                     chosen.append(folder.load_postprocess())
+                    temperatures.append(folder.load_temperature())
                     net = build_network(plan, config.model)
                     net.load_state_dict(folder.load_weights())
                     nets.append(net.to(dev).eval())
@@ -79,6 +82,7 @@ class Predictor:
         predictor = cls(nets, plan, config, dev, dtype, model_id, chosen_rules)
         predictor.model_dir = Path(model_dir)
         predictor.fingerprint = fingerprint
+        predictor.temperature = float(np.exp(np.mean(np.log(temperatures))))  # folds: their geometric mean
         return predictor
 
     def settings(self, mirror: bool | None = None, overlap: float | None = None) -> dict:
@@ -102,7 +106,7 @@ class Predictor:
         cfg = self.config.infer
         return InferenceSettings(overlap=float(cfg.overlap if overlap is None else overlap),
                                  mirror=bool(cfg.mirror if mirror is None else mirror),
-                                 sw_batch_size=cfg.sw_batch_size, rules=self.rules)
+                                 sw_batch_size=cfg.sw_batch_size, rules=self.rules, temperature=self.temperature)
 
 
 def _agreed_rules(per_fold: list[dict | None], labels: dict[int, str]) -> dict[int, ComponentRule]:

@@ -5,8 +5,9 @@ holding only what inference needs:
 
 - ``config.yaml`` (the resolved run config, post-processing rules included), ``plan.json``,
   ``weights.pt`` (best validation weights), ``labels.json``, ``versions.json`` and ``SHA256SUMS``;
-- ``postprocess.json``, the post-processing rules chosen on validation and what they gained (models
-  trained before medseg chose them have none; the config's rules override them label by label);
+- ``postprocess.json``, the post-processing rules chosen on validation and what they gained, and the
+  temperature that calibrates the probabilities (models trained before medseg chose them have none; the
+  config's rules override them label by label);
 - ``fingerprint.json`` cut down to dataset-level statistics (no case ids, no per-case sizes), which
   ``medseg qa`` compares label volumes with.
 
@@ -172,11 +173,22 @@ class ModelFolder:
         was chosen again); ``versions.json`` keeps the versions training ran with."""
         self.write_sha256sums([n for n in RUN_FILES if (self.path / n).exists()])
 
-    def write_postprocess(self, rules: dict[int, dict], choice: dict) -> None:
-        """Write ``postprocess.json``: the chosen ``rules`` (label value -> rule mapping, as in the config)
-        and the ``choice`` report (per label name: rule, Dice before/after, gain)."""
-        data = {"rules": {str(k): v for k, v in sorted(rules.items())}, "choice": choice}
+    def write_postprocess(self, rules: dict[int, dict], choice: dict, calibration: dict | None = None) -> None:
+        """Write ``postprocess.json``: the chosen ``rules`` (label value -> rule mapping, as in the config),
+        the ``choice`` report (per label name: rule, Dice before/after, gain) and the probability
+        ``calibration`` fitted on the same fold (:func:`medseg.model.calibration.fit_temperature`)."""
+        data = {"rules": {str(k): v for k, v in sorted(rules.items())}, "choice": choice,
+                **({"calibration": calibration} if calibration else {})}
         write_text_atomic(self.path / POSTPROCESS, json.dumps(data, indent=1))
+
+    def load_temperature(self) -> float:
+        """The temperature of ``postprocess.json``'s calibration (1.0 without one: uncalibrated). Call after
+        :meth:`load_postprocess`, which checks the file."""
+        try:
+            value = json.loads((self.path / POSTPROCESS).read_text())["calibration"]["temperature"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1.0
+        return float(value) if isinstance(value, int | float) and 0 < value < float("inf") else 1.0
 
     def load_postprocess(self) -> dict | None:
         """The rules of ``postprocess.json`` (label value as text -> rule mapping), or None without the file.

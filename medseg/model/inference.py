@@ -15,6 +15,7 @@ import torch
 
 from medseg.config import MAX_OVERLAP
 from medseg.errors import MedsegError
+from medseg.model.calibration import expected_dice, temper
 from medseg.model.sliding import predict_probabilities
 from medseg.postprocess import ComponentRule, postprocess
 from medseg.preprocess.pipeline import Trace, preprocess, restore_labels, restore_probabilities
@@ -24,12 +25,14 @@ from medseg.types import Volume
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """What changes a result besides the weights: sliding-window overlap, mirroring and post-processing."""
+    """What changes a result besides the weights: sliding-window overlap, mirroring and post-processing; and
+    the temperature the probabilities are calibrated with (:mod:`medseg.model.calibration`; no label changes)."""
 
     overlap: float = 0.5
     mirror: bool = False
     sw_batch_size: int = 2
     rules: dict[int, ComponentRule] = field(default_factory=dict)
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.overlap) <= MAX_OVERLAP:
@@ -46,6 +49,8 @@ class Prediction:
         trace: What preprocessing did.
         timings: Seconds per stage (preprocess, predict, restore, postprocess).
         postprocess: Per-label component statistics.
+        quality: Predicted quality per foreground label value: the expected Dice of the label map (before
+            post-processing, on the network's grid) under the calibrated probabilities.
     """
 
     label: Volume
@@ -53,6 +58,7 @@ class Prediction:
     timings: dict[str, float]
     probabilities: np.ndarray | None = None
     postprocess: dict = field(default_factory=dict)
+    quality: dict[int, float] = field(default_factory=dict)
 
 
 def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, settings: InferenceSettings,
@@ -60,8 +66,9 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
                    probabilities: bool = False) -> Prediction:
     """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) with one network or an ensemble.
 
-    Probabilities of several networks are averaged before the argmax. Mirroring (``settings.mirror``) flips
-    only along ``plan.mirror_axes``, the axes the network was trained flipped along.
+    Probabilities of several networks are averaged before the argmax, then calibrated with
+    ``settings.temperature`` (no label changes) and the predicted quality computed from them. Mirroring
+    (``settings.mirror``) flips only along ``plan.mirror_axes``, the axes the network was trained flipped along.
     """
     labels = dict(plan.labels)
     expected = plan.in_channels
@@ -80,6 +87,9 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
                                   mirror_axes=plan.mirror_axes)
         probs = p if probs is None else probs + p
     probs /= len(nets)
+    probs = temper(probs, settings.temperature)
+    values = sorted(labels)
+    quality = expected_dice(probs, np.asarray(values)[probs.argmax(axis=0)], values)
     timings["predict"] = time.perf_counter() - t
     t = time.perf_counter()
     label = restore_labels(probs, trace, sorted(labels))
@@ -90,7 +100,8 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
     timings["postprocess"] = time.perf_counter() - t
     dtype_out = np.uint8 if max(labels) < 256 else np.int16
     out = Volume(label.astype(dtype_out), volume.affine.copy(), {})
-    return Prediction(label=out, trace=trace, timings=timings, probabilities=full_probs, postprocess=stats)
+    return Prediction(label=out, trace=trace, timings=timings, probabilities=full_probs, postprocess=stats,
+                      quality=quality)
 
 
 def component_rules(rules: dict, labels: dict[int, str]) -> dict[int, ComponentRule]:

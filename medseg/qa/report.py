@@ -48,14 +48,18 @@ class CaseReview:
     image_png: str = ""  # base64 PNG: the prediction (against the truth when given)
     uncertainty_png: str = ""  # base64 PNG: the uncertainty map, when probabilities were saved
     notes: list[str] = field(default_factory=list)  # what is not shown, and why
+    quality: float | None = None  # predicted quality (lowest expected Dice over labels), from the case JSON
 
     @property
     def mean_dice(self) -> float | None:
         values = [m["dice"] for m in self.metrics.values()]
         return float(np.mean(values)) if values else None
 
-    def severity(self) -> tuple:
-        """Sort key: most flags first, then lowest Dice."""
+    def severity(self, by_quality: bool = False) -> tuple:
+        """Sort key: most flags first, then lowest Dice; ``by_quality`` (no ground truth): lowest predicted
+        quality first (cases without one last), then most flags."""
+        if by_quality:
+            return (self.quality if self.quality is not None else 2.0, -len(self.flags), self.id)
         return (-len(self.flags), self.mean_dice if self.mean_dice is not None else 1.0, self.id)
 
 
@@ -118,7 +122,8 @@ def review_case(record: dict, gt_label: Path | None = None, training_volumes: di
     label, names = case.label, case.names
     flags = case_flags(label.array, label.spacing, names, training_volumes, case.probabilities, case.geometry)
     volumes = {n: float((label.array == v).sum()) * float(np.prod(label.spacing)) for v, n in names.items()}
-    review = CaseReview(id=record["id"], volumes=volumes, flags=flags)
+    review = CaseReview(id=record["id"], volumes=volumes, flags=flags,
+                        quality=(record.get("quality") or {}).get("min"))
     truth = None
     if case.truth is not None and not case.geometry:
         try:
@@ -168,7 +173,7 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
         except MedsegError as exc:
             reviews.append(CaseReview(id=record["id"], volumes={}, flags=[f"cannot review: {exc.problem}"]))
             log.error(f"{record['id']}: {exc}")
-    reviews.sort(key=CaseReview.severity)
+    reviews.sort(key=lambda r: r.severity(by_quality=not truths))
     path = Path(out) if out else results / "qa_report.html"
     write_text_atomic(path, render_html(reviews, has_gt=bool(truths), training=_training_curves(records)))
     flagged = sum(bool(r.flags) for r in reviews)
@@ -209,12 +214,14 @@ def render_html(reviews: list[CaseReview], has_gt: bool, training: dict[str, str
     """The report page: a summary table, training curves and one section per case, images inlined as base64 PNG."""
     esc = html.escape
     dice = [r.mean_dice for r in reviews if r.mean_dice is not None]
+    order = "worst first" if has_gt else "lowest predicted quality (expected Dice) first"
     head = (f"<p>{len(reviews)} cases, {sum(bool(r.flags) for r in reviews)} flagged"
-            + (f"; mean Dice {np.mean(dice):.3f}" if dice else "") + ". Sorted worst first.</p>")
+            + (f"; mean Dice {np.mean(dice):.3f}" if dice else "") + f". Sorted {order}.</p>")
     rows = []
     for r in reviews:
         d = f"{r.mean_dice:.3f}" if r.mean_dice is not None else "-"
-        rows.append(f"<tr><td><a href='#{esc(r.id)}'>{esc(r.id)}</a></td><td>{d}</td>"
+        q = f"{r.quality:.3f}" if r.quality is not None else "-"
+        rows.append(f"<tr><td><a href='#{esc(r.id)}'>{esc(r.id)}</a></td><td>{d}</td><td>{q}</td>"
                     f"<td>{len(r.flags)}</td><td>{esc('; '.join(r.flags)) or 'ok'}</td></tr>")
     sections = []
     for r in reviews:
@@ -238,7 +245,8 @@ def render_html(reviews: list[CaseReview], has_gt: bool, training: dict[str, str
 td,th{{border:1px solid #ccc;padding:3px 8px;}} .flag{{color:#b00;}} img{{max-width:100%;}}
 section{{border-top:2px solid #ddd;margin-top:1em;}} .note{{color:#555;font-style:italic;}}</style></head><body>
 <h1>medseg QA report</h1>{head}
-<table><tr><th>case</th><th>{gt_col}</th><th>flags</th><th>what to look at</th></tr>{''.join(rows)}</table>
+<table><tr><th>case</th><th>{gt_col}</th><th>predicted quality</th><th>flags</th><th>what to look at</th></tr>
+{''.join(rows)}</table>
 {curves}
 {''.join(sections)}
 </body></html>

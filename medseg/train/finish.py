@@ -18,6 +18,7 @@ from medseg.config import RunConfig
 from medseg.data import load_dataset
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
+from medseg.model.calibration import VoxelSample, fit_temperature
 from medseg.model.device import autocast_dtype, precision_for, resolve_device
 from medseg.model.folder import ModelFolder
 from medseg.model.inference import component_rules
@@ -48,11 +49,16 @@ def final_validation(net: torch.nn.Module, config: RunConfig, val_set: Validatio
     mirror = config.train.final_mirror
     settings = replace(inference_settings(config, plan, mirror), rules={})  # rules are applied to the raw maps below
     t0 = time.perf_counter()
-    raw = list(predict_labels([net], val_set, plan, settings, dev, dtype))
-    cases, rules, choice = _choose_postprocess(raw, config, val_set, plan, out)
+    sample = VoxelSample(seed=config.train.seed)
+    raw = list(predict_labels([net], val_set, plan, settings, dev, dtype, sample))
+    calibration = fit_temperature(sample)
+    log.info(f"probabilities calibrated: temperature {calibration['temperature']:.3f} (validation NLL "
+             f"{calibration.get('nll_before', 0):.4f} -> {calibration.get('nll_after', 0):.4f} over "
+             f"{calibration['voxels']} voxels)")
+    cases, rules, choice = _choose_postprocess(raw, config, val_set, plan, out, calibration)
     result = {**summarise(cases, plan.foreground_names), "mirror": mirror, "overlap": settings.overlap,
               "postprocess": bool(rules), "postprocess_rules": {str(v): asdict(r) for v, r in sorted(rules.items())},
-              "postprocess_choice": choice}
+              "postprocess_choice": choice, "calibration": calibration}
     write_text_atomic(out / "validation.json", json.dumps(result, indent=1))
     per_class = "  ".join(f"{k} {v:.4f}" for k, v in result["per_class"].items())
     log.info(f"final validation ({len(val_set.ids)} cases, original grids{', mirroring' if mirror else ''}): "
@@ -61,10 +67,11 @@ def final_validation(net: torch.nn.Module, config: RunConfig, val_set: Validatio
 
 
 def _choose_postprocess(raw: list[np.ndarray], config: RunConfig, val_set: ValidationSet, plan: Plan,
-                        out: Path) -> tuple[dict, dict, dict]:
+                        out: Path, calibration: dict) -> tuple[dict, dict, dict]:
     """Choose rules (:mod:`medseg.postprocess.choose`) on the raw validation label maps (``(X, Y, Z)`` each) for
-    the labels the config gives none, write them to postprocess.json, and score the maps post-processed with them
-    and the config's rules. Returns (Dice per case and label, the rules applied, the choice by label name)."""
+    the labels the config gives none, write them to postprocess.json (with the ``calibration``), and score the
+    maps post-processed with them and the config's rules. Returns (Dice per case and label, the rules applied,
+    the choice by label name)."""
     labels = dict(plan.labels)
     fixed = component_rules(config.postprocess.rules, labels)
     spacings = [image.spacing for image in val_set.images]
@@ -73,7 +80,7 @@ def _choose_postprocess(raw: list[np.ndarray], config: RunConfig, val_set: Valid
                            {v: name for v, name in labels.items() if v != 0 and v not in fixed})
     chosen = {v: c.rule for v, c in choices.items() if c.changed}
     report = {c.name: c.to_dict() for c in choices.values()}
-    ModelFolder(out).write_postprocess({v: asdict(rule) for v, rule in chosen.items()}, report)
+    ModelFolder(out).write_postprocess({v: asdict(rule) for v, rule in chosen.items()}, report, calibration)
     for value in chosen:
         c = choices[value]
         detection = (f"; lesion sensitivity {c.sensitivity_before:.3f} -> {c.sensitivity_after:.3f}"

@@ -22,6 +22,7 @@ from monai.metrics import compute_dice
 
 from medseg.config import RunConfig
 from medseg.data.dataset import Case, Dataset
+from medseg.model.calibration import VoxelSample
 from medseg.model.inference import InferenceSettings, component_rules, predict_volume
 from medseg.preprocess.io import load_case
 from medseg.preprocess.plan import Plan
@@ -74,14 +75,23 @@ def validate(nets: list[torch.nn.Module], cases: ValidationSet, plan: Plan, sett
 
 
 def predict_labels(nets: list[torch.nn.Module], cases: ValidationSet, plan: Plan, settings: InferenceSettings,
-                   device: torch.device, dtype: torch.dtype | None) -> Iterator[np.ndarray]:
+                   device: torch.device, dtype: torch.dtype | None,
+                   sample: VoxelSample | None = None) -> Iterator[np.ndarray]:
     """The label map of each case in turn on its original grid (``(X, Y, Z)``, uint8 or int16), with the
-    post-processing of ``settings``. The networks are in eval mode until the last one is out."""
+    post-processing of ``settings``; with ``sample``, each case's probabilities (on its original grid) are
+    sampled into it for calibration. The networks are in eval mode until the last one is out."""
     for net in nets:
         net.eval()
+    values = sorted(plan.labels)
+    index = np.zeros(max(values) + 1, np.int64)
+    index[values] = np.arange(len(values))  # label value -> channel
     try:
-        for image in cases.images:
-            yield predict_volume(nets, image, plan, settings, device, dtype).label.array
+        for image, truth, case in zip(cases.images, cases.labels, cases.cases, strict=True):
+            prediction = predict_volume(nets, image, plan, settings, device, dtype, probabilities=sample is not None)
+            if sample is not None:
+                sample.add(prediction.probabilities, index[truth.array.astype(np.int64)],
+                           np.array([case.contoured(v) for v in values]))
+            yield prediction.label.array
     finally:
         for net in nets:
             net.train()

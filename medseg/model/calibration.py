@@ -1,0 +1,101 @@
+"""Calibrated confidence: one temperature fitted on the validation fold after training, and each case's
+predicted quality (expected Dice) from the calibrated probabilities.
+
+Dice + cross-entropy networks are over-confident (nnU-Net issue 2763). One temperature ``T`` (Guo et al.,
+2017) that minimises the negative log-likelihood of validation voxels corrects most of it and changes no
+label: the argmax is the same for every ``T``. The sliding window averages logits before its softmax, so
+``normalise(p ** (1 / T))`` is exactly ``softmax(z / T)`` for one network (an ensemble's averaged
+probabilities are tempered the same way, approximately).
+
+The predicted quality of a label is the Dice the hard prediction is expected to have if the calibrated
+probabilities are right: ``2 sum(p_k * [y == k]) / (sum(p_k) + sum([y == k]))`` (the soft Dice between the
+prediction and its own probabilities); a case's quality is its lowest label's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+TEMPERATURE_RANGE = (0.05, 20.0)
+VOXELS_PER_CASE = 200_000  # foreground (truth or prediction) voxels kept per case, as many background ones again
+EPS = 1e-12  # log(0) guard; float32 holds it (float16 probabilities underflow to 0 below ~6e-8)
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities ``(K, ...)`` at ``temperature`` (1: unchanged), summing to 1 over axis 0, in their own
+    dtype (float32 temporaries)."""
+    if temperature == 1.0:
+        return probs
+    logp = np.log(np.clip(probs.astype(np.float32), EPS, 1.0)) / np.float32(temperature)
+    logp -= logp.max(axis=0, keepdims=True)
+    np.exp(logp, out=logp)
+    logp /= logp.sum(axis=0, keepdims=True)
+    return logp.astype(probs.dtype, copy=False)
+
+
+def expected_dice(probs: np.ndarray, label: np.ndarray, values: list[int]) -> dict[int, float]:
+    """Expected Dice of each foreground label value of ``label`` (``(X, Y, Z)``) under ``probs``
+    (``(K, X, Y, Z)``, channel ``k`` = ``values[k]``). A label absent from both scores 1."""
+    quality = {}
+    for k, value in enumerate(values):
+        if value == 0:
+            continue
+        mask = label == value
+        total = float(probs[k].sum(dtype=np.float64)) + float(mask.sum())
+        quality[value] = 2.0 * float(probs[k][mask].sum(dtype=np.float64)) / total if total > EPS else 1.0
+    return quality
+
+
+@dataclass
+class VoxelSample:
+    """Log-probabilities and true classes of validation voxels, for :func:`fit_temperature`: per case every
+    foreground voxel (of the truth or the prediction; at most :data:`VOXELS_PER_CASE`, drawn at random) and as
+    many random other voxels. Voxels predicted as a class the case did not contour are left out (their truth
+    is unknown)."""
+
+    seed: int = 0
+    logp: list[np.ndarray] = field(default_factory=list)  # (n, K) float32 each
+    truth: list[np.ndarray] = field(default_factory=list)  # (n,) class index each
+
+    def add(self, probs: np.ndarray, truth: np.ndarray, contoured: np.ndarray) -> None:
+        """One case: ``probs`` ``(K, X, Y, Z)``, ``truth`` ``(X, Y, Z)`` class indices, ``contoured`` ``(K,)``
+        bool."""
+        rng = np.random.default_rng(self.seed + len(self.truth))
+        predicted = probs.argmax(axis=0)
+        known = contoured[predicted]
+        foreground = np.flatnonzero(((truth > 0) | (predicted > 0)) & known)
+        background = np.flatnonzero(~((truth > 0) | (predicted > 0)) & known)
+        foreground = _at_most(foreground, VOXELS_PER_CASE, rng)
+        picked = np.concatenate([foreground, _at_most(background, max(len(foreground), 1000), rng)])
+        flat = probs.reshape(probs.shape[0], -1)
+        self.logp.append(np.log(np.clip(flat[:, picked].T.astype(np.float32), EPS, 1.0)))
+        self.truth.append(truth.reshape(-1)[picked].astype(np.int64))
+
+
+def _at_most(indices: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return indices if len(indices) <= n else rng.choice(indices, n, replace=False)
+
+
+def negative_log_likelihood(logp: np.ndarray, truth: np.ndarray, temperature: float) -> float:
+    """Mean NLL of ``truth`` (``(n,)``) under ``softmax(logp / T)`` (``logp`` ``(n, K)``)."""
+    z = logp / temperature
+    z -= z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(truth)), truth]))
+
+
+def fit_temperature(sample: VoxelSample) -> dict:
+    """The temperature (within :data:`TEMPERATURE_RANGE`) minimising the sample's NLL, with the NLL before
+    and after. ``{"temperature": 1.0, ...}`` when the sample is empty."""
+    if not sample.truth:
+        return {"temperature": 1.0, "voxels": 0}
+    logp, truth = np.concatenate(sample.logp), np.concatenate(sample.truth)
+    low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    found = minimize_scalar(lambda t: negative_log_likelihood(logp, truth, float(np.exp(t))), bounds=(low, high),
+                            method="bounded", options={"xatol": 1e-3})
+    temperature = float(np.exp(found.x))
+    return {"temperature": round(temperature, 4), "voxels": int(len(truth)),
+            "nll_before": negative_log_likelihood(logp, truth, 1.0), "nll_after": float(found.fun)}
