@@ -305,3 +305,23 @@ def test_evaluate_skips_uncontoured_classes(small_openkbp, openkbp, tmp_path):
     pred10 = read_volume(preds / "pt_10.nii.gz", label=True)
     assert evaluate_case(pred10, truths["pt_10"], {7: "Mandible"})[0]["dice"] == 0.0
     assert evaluate_case(pred10, truths["pt_10"], {7: "Mandible"}, annotated=(1, 2, 3, 4)) == []
+
+
+def test_intensity_flag_ignores_the_air_around_a_ct_body(small_openkbp):
+    """A real head-and-neck CT is mostly air outside the body: the intensity check must not flag it against its
+    own training fingerprint; the same voxels on an MR channel (where nothing is skipped) are flagged."""
+    from types import SimpleNamespace
+
+    from medseg.infer.plausibility import input_flags
+    from medseg.preprocess import fingerprint
+    from medseg.preprocess.io import load_case
+
+    root, _ = small_openkbp
+    dataset = load_dataset(root)
+    fp = fingerprint(dataset)
+    ct = SimpleNamespace(channels={0: "CT"})
+    image, _ = load_case(dataset.cases[0])
+    assert (image.array <= -900).mean() > 0.5  # mostly air, as every OpenKBP scan
+    assert not [f for f in input_flags(image, ct, fp) if "intensities" in f]
+    as_mr = SimpleNamespace(channels={0: "MR"})  # the same numbers read as MR: air is not skipped
+    assert [f for f in input_flags(image, as_mr, fp) if "intensities" in f]

@@ -24,6 +24,9 @@ EXTENT_FACTOR = 1.5
 # Fewer non-zero voxels than this fraction inside the training foreground intensity range is flagged (a CT
 # scan has far more soft tissue than that; an MR fed to a CT model, or other units, has next to none).
 MIN_INTENSITY_OVERLAP = 0.05
+# CT voxels at or below this (HU) are air or padding around the body, not another intensity scale: left out of
+# the intensity check (they were 96 % of an OpenKBP head-and-neck CT, which was flagged on every case).
+AIR_HU = -900.0
 # A label volume below half the training 5th percentile or above 1.5x the 95th is flagged.
 VOLUME_LOW, VOLUME_HIGH = 0.5, 1.5
 # A label whose predicted quality (expected Dice, medseg.model.calibration) is below this is flagged: the
@@ -51,7 +54,7 @@ def input_flags(volume: Volume, plan: Plan, fingerprint: dict | None) -> list[st
                          "(a whole scan for a model trained on crops?)")
     for c, stats in enumerate((fingerprint or {}).get("intensity", [])[: volume.num_channels]):
         channel = volume.array if volume.array.ndim == 3 else volume.array[c]
-        values = channel[channel != 0]
+        values = channel[(channel != 0) & (channel > AIR_HU if _is_ct(plan, c) else True)]
         inside = float(((values >= stats["p00_5"]) & (values <= stats["p99_5"])).mean()) if values.size else 0.0
         if inside < MIN_INTENSITY_OVERLAP:
             flags.append(f"channel {c}: only {100 * inside:.1f}% of voxels within the training foreground "
@@ -96,6 +99,10 @@ def canonical_geometry(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     spacing, span = np.empty(3), np.empty(3)
     spacing[order], span[order] = np.asarray(volume.spacing), extent
     return spacing, span
+
+
+def _is_ct(plan: Plan, channel: int) -> bool:
+    return str(plan.channels.get(channel, "")).strip().upper() == "CT"
 
 
 def _modality_flags(volume: Volume, plan: Plan) -> list[str]:
