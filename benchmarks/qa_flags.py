@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -33,7 +34,7 @@ from _machine import machine_line
 from scipy.stats import mannwhitneyu, spearmanr
 
 from medseg.data import load_dataset
-from medseg.infer.plausibility import input_flags, result_flags
+from medseg.infer.plausibility import input_flags, quality_flags, result_flags
 from medseg.infer.predictor import Predictor
 from medseg.preprocess.io import load_case
 from medseg.qa.flags import case_flags
@@ -74,6 +75,7 @@ def assess(predictor: Predictor, image: Volume, truth: Volume | None, contoured:
     label = prediction.label
     flags = input_flags(image, predictor.plan, predictor.fingerprint)
     flags += result_flags(label, predictor.labels, predictor.fingerprint)
+    flags += quality_flags(prediction.quality, predictor.labels)
     flags += case_flags(label.array, label.spacing, predictor.labels, (predictor.fingerprint or {}).get(
         "label_volume_mm3"), prediction.probabilities)
     dice = dice_by_label(label.array, truth.array, contoured) if truth is not None else {}
@@ -117,6 +119,7 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     if not args.dataset.exists():
         print(f"dataset not found: {args.dataset}", file=sys.stderr)
         return 2
@@ -142,7 +145,7 @@ def main() -> int:
         row["dice_min"] = min(row["dice"].values()) if row["dice"] else None
         row["failed"] = row["dice_min"] is None or row["dice_min"] < args.threshold
         row["quality_min"] = min(row["quality"].values()) if row["quality"] else 1.0
-    print(machine_line())
+    print(machine_line(load))
     print(f"model {predictor.model_id} ({args.run}), dataset {args.dataset.name}, temperature "
           f"{predictor.temperature:.3f}")
     text, result = table(rows, args.threshold)
