@@ -53,12 +53,14 @@ def expected_dice(probs: np.ndarray, label: np.ndarray, values: list[int]) -> di
 class VoxelSample:
     """Log-probabilities and true classes of validation voxels, for :func:`fit_temperature`: per case every
     foreground voxel (of the truth or the prediction; at most :data:`VOXELS_PER_CASE`, drawn at random) and as
-    many random other voxels. Voxels predicted as a class the case did not contour are left out (their truth
-    is unknown)."""
+    many random other voxels, each weighted by how many voxels of its kind it stands for, so the fit is the
+    whole volume's (the expected Dice sums over every voxel). Voxels predicted as a class the case did not
+    contour are left out (their truth is unknown)."""
 
     seed: int = 0
     logp: list[np.ndarray] = field(default_factory=list)  # (n, K) float32 each
     truth: list[np.ndarray] = field(default_factory=list)  # (n,) class index each
+    weight: list[np.ndarray] = field(default_factory=list)  # (n,) voxels each sampled voxel stands for
 
     def add(self, probs: np.ndarray, truth: np.ndarray, contoured: np.ndarray) -> None:
         """One case: ``probs`` ``(K, X, Y, Z)``, ``truth`` ``(X, Y, Z)`` class indices, ``contoured`` ``(K,)``
@@ -66,25 +68,31 @@ class VoxelSample:
         rng = np.random.default_rng(self.seed + len(self.truth))
         predicted = probs.argmax(axis=0)
         known = contoured[predicted]
-        foreground = np.flatnonzero(((truth > 0) | (predicted > 0)) & known)
-        background = np.flatnonzero(~((truth > 0) | (predicted > 0)) & known)
-        foreground = _at_most(foreground, VOXELS_PER_CASE, rng)
-        picked = np.concatenate([foreground, _at_most(background, max(len(foreground), 1000), rng)])
+        is_foreground = (truth > 0) | (predicted > 0)
+        foreground = np.flatnonzero(is_foreground & known)
+        background = np.flatnonzero(~is_foreground & known)
+        kept_fg = _at_most(foreground, VOXELS_PER_CASE, rng)
+        kept_bg = _at_most(background, max(len(kept_fg), 1000), rng)
+        picked = np.concatenate([kept_fg, kept_bg])
         flat = probs.reshape(probs.shape[0], -1)
         self.logp.append(np.log(np.clip(flat[:, picked].T.astype(np.float32), EPS, 1.0)))
         self.truth.append(truth.reshape(-1)[picked].astype(np.int64))
+        self.weight.append(np.concatenate([np.full(len(kept_fg), len(foreground) / max(len(kept_fg), 1)),
+                                           np.full(len(kept_bg), len(background) / max(len(kept_bg), 1))]))
 
 
 def _at_most(indices: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return indices if len(indices) <= n else rng.choice(indices, n, replace=False)
 
 
-def negative_log_likelihood(logp: np.ndarray, truth: np.ndarray, temperature: float) -> float:
-    """Mean NLL of ``truth`` (``(n,)``) under ``softmax(logp / T)`` (``logp`` ``(n, K)``)."""
+def negative_log_likelihood(logp: np.ndarray, truth: np.ndarray, temperature: float,
+                             weight: np.ndarray | None = None) -> float:
+    """Mean NLL (weighted by ``weight``, default equal) of ``truth`` (``(n,)``) under ``softmax(logp / T)``
+    (``logp`` ``(n, K)``)."""
     z = logp / temperature
     z -= z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(truth)), truth]))
+    return float(np.average(log_norm - z[np.arange(len(truth)), truth], weights=weight))
 
 
 def fit_temperature(sample: VoxelSample) -> dict:
@@ -92,10 +100,10 @@ def fit_temperature(sample: VoxelSample) -> dict:
     and after. ``{"temperature": 1.0, ...}`` when the sample is empty."""
     if not sample.truth:
         return {"temperature": 1.0, "voxels": 0}
-    logp, truth = np.concatenate(sample.logp), np.concatenate(sample.truth)
+    logp, truth, weight = (np.concatenate(x) for x in (sample.logp, sample.truth, sample.weight))
     low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
-    found = minimize_scalar(lambda t: negative_log_likelihood(logp, truth, float(np.exp(t))), bounds=(low, high),
-                            method="bounded", options={"xatol": 1e-3})
+    found = minimize_scalar(lambda t: negative_log_likelihood(logp, truth, float(np.exp(t)), weight),
+                            bounds=(low, high), method="bounded", options={"xatol": 1e-3})
     temperature = float(np.exp(found.x))
     return {"temperature": round(temperature, 4), "voxels": int(len(truth)),
-            "nll_before": negative_log_likelihood(logp, truth, 1.0), "nll_after": float(found.fun)}
+            "nll_before": negative_log_likelihood(logp, truth, 1.0, weight), "nll_after": float(found.fun)}
