@@ -237,8 +237,8 @@ def infer(
     shard: str | None = typer.Option(None, "--shard", help="I/N: segment only every N-th case starting at I "
                                      "(0-based); under torchrun each rank takes its shard automatically."),
     send_to: str | None = typer.Option(None, "--send-to", metavar="AE@HOST:PORT",
-                                       help="After the batch, C-STORE every DICOM SEG listed in OUTPUT_DIR to "
-                                       "this DICOM node (e.g. a PACS)."),
+                                       help="After the batch, C-STORE every DICOM SEG (and RTSTRUCT) listed in "
+                                       "OUTPUT_DIR to this DICOM node (e.g. a PACS)."),
 ):
     """Segment every case under INPUT into OUTPUT_DIR: one uint8 NIfTI label map per case on the input's
     exact grid, a DICOM SEG (and RTSTRUCT) for DICOM series, a JSON per case, summary.csv and summary.json

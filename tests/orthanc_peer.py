@@ -72,6 +72,21 @@ class Orthanc:
                     found.append(tags)
         return found
 
+    def rtstruct_tags(self, series_uid: str) -> list[dict]:
+        """Tags of every RTSTRUCT instance held whose contours reference ``series_uid``."""
+        found = []
+        for series in self.get("/series?expand"):
+            if series["MainDicomTags"].get("Modality") != "RTSTRUCT":
+                continue
+            for instance in series["Instances"]:
+                tags = self.get(f"/instances/{instance}/tags?simplify")
+                referenced = [s.get("SeriesInstanceUID") for frame in tags.get("ReferencedFrameOfReferenceSequence", [])
+                              for study in frame.get("RTReferencedStudySequence", [])
+                              for s in study.get("RTReferencedSeriesSequence", [])]
+                if series_uid in referenced:
+                    found.append(tags)
+        return found
+
     def seg_count(self) -> int:
         """How many SEG instances Orthanc holds."""
         return sum(len(s["Instances"]) for s in self.get("/series?expand")

@@ -129,15 +129,17 @@ def test_broken_series_is_logged_and_node_goes_on(node, orthanc, data_path, tmp_
     assert not orthanc.seg_tags(_uid(broken[0]))
 
 
-def test_infer_send_to_stores_segs_in_orthanc(orthanc, model_dir, data_path, tmp_path):
+def test_infer_send_to_stores_seg_and_rtstruct_in_orthanc(orthanc, model_dir, data_path, tmp_path):
     study = data_path(STUDY2)
     peer = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     result = runner.invoke(app, ["infer", str(model_dir), str(study), str(tmp_path / "out"), "--device", "cpu",
-                                 "--send-to", peer])
+                                 "--rtstruct", "--send-to", peer])
     assert result.exit_code == 0, result.output
-    assert f"sent 1 DICOM SEG(s) to {peer}" in result.output
+    assert f"sent 2 DICOM object(s) to {peer}" in result.output
     (seg,) = orthanc.seg_tags(_uid(_dicom_files(study)[0]))
     assert int(seg["NumberOfFrames"]) == FOREGROUND_LABELS * 35
+    (rtstruct,) = orthanc.rtstruct_tags(_uid(_dicom_files(study)[0]))
+    assert len(rtstruct["StructureSetROISequence"]) == FOREGROUND_LABELS
 
 
 @pytest.mark.parametrize("text", ["ORTHANC@host", "@h:1", "A@h:0", "A@h:x", "SEVENTEEN_LETTERS@h:1", "noat:4242"])

@@ -15,6 +15,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from medseg.errors import MedsegError, one_line
+from medseg.infer.outputs import WRITERS
 
 log = logging.getLogger(__name__)
 
@@ -151,40 +152,44 @@ def _status_text(status) -> str:
     return f"status 0x{int(status.Status):04X}"
 
 
-def listed_segs(out_dir: str | Path) -> list[Path]:
-    """DICOM SEG files named by the case JSONs (``outputs.dicom_seg``) of a `medseg infer` output folder.
+def listed_dicom_outputs(out_dir: str | Path) -> list[Path]:
+    """The DICOM outputs (the writers' with ``dicom`` set: DICOM SEG, RTSTRUCT) named by the case JSONs of a
+    `medseg infer` output folder.
 
     Raises:
-        MedsegError: when a case JSON names a SEG that is not there.
+        MedsegError: when a case JSON names a file that is not there.
     """
-    segs = []
+    names = [writer.name for writer in WRITERS if writer.dicom]
+    found = []
     for path in sorted(Path(out_dir).glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # not a case JSON
         outputs = record.get("outputs") if isinstance(record, dict) else None
-        if isinstance(outputs, dict) and outputs.get("dicom_seg"):
-            seg = Path(out_dir) / outputs["dicom_seg"]  # names are relative to the output folder
-            if not seg.is_file():
-                raise MedsegError(f"the DICOM SEG it lists is missing: {seg}", path)
-            segs.append(seg)
-    return segs
+        for name in names if isinstance(outputs, dict) else []:
+            if outputs.get(name):
+                file = Path(out_dir) / outputs[name]  # names are relative to the output folder
+                if not file.is_file():
+                    raise MedsegError(f"the {name} output it lists is missing: {file}", path)
+                found.append(file)
+    return found
 
 
 def send_results(out_dir: str | Path, peer: Peer, calling_ae: str = "MEDSEG") -> int:
-    """C-STORE every DICOM SEG listed in a `medseg infer` output folder to ``peer`` (one association).
+    """C-STORE every DICOM output (DICOM SEG, RTSTRUCT) listed in a `medseg infer` output folder to ``peer``
+    (one association).
 
     Returns:
-        Number of SEGs sent.
+        Number of files sent.
 
     Raises:
         MedsegError: as :func:`send_files` (nothing is retried).
     """
-    segs = listed_segs(out_dir)
-    if not segs:
-        log.info(f"no DICOM SEG to send in {out_dir}")
+    files = listed_dicom_outputs(out_dir)
+    if not files:
+        log.info(f"no DICOM output (SEG, RTSTRUCT) to send in {out_dir}")
         return 0
-    sent = send_files(peer, segs, calling_ae=calling_ae)
-    log.info(f"sent {sent} DICOM SEG(s) to {peer}")
+    sent = send_files(peer, files, calling_ae=calling_ae)
+    log.info(f"sent {sent} DICOM object(s) to {peer}")
     return sent
