@@ -66,8 +66,8 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
                    probabilities: bool = False) -> Prediction:
     """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) with one network or an ensemble.
 
-    Probabilities of several networks are averaged before the argmax, then calibrated with
-    ``settings.temperature`` (no label changes) and the predicted quality computed from them. Mirroring
+    Probabilities of several networks are averaged before the argmax; the returned probabilities and the predicted
+    quality are calibrated with ``settings.temperature``, the labels are not (they never depend on it). Mirroring
     (``settings.mirror``) flips only along ``plan.mirror_axes``, the axes the network was trained flipped along.
     """
     labels = dict(plan.labels)
@@ -87,13 +87,15 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
                                   mirror_axes=plan.mirror_axes)
         probs = p if probs is None else probs + p
     probs /= len(nets)
-    probs = temper(probs, settings.temperature)
     values = sorted(labels)
-    quality = expected_dice(probs, np.asarray(values)[probs.argmax(axis=0)], values)
+    tempered = temper(probs, settings.temperature)
+    quality = expected_dice(tempered, np.asarray(values)[probs.argmax(axis=0)], values)
     timings["predict"] = time.perf_counter() - t
     t = time.perf_counter()
-    label = restore_labels(probs, trace, sorted(labels))
-    full_probs = restore_probabilities(probs, trace).astype(np.float16) if probabilities else None
+    # labels from the untempered probabilities: resampling tempered ones to the input grid would move boundaries
+    label = restore_labels(probs, trace, values)
+    full_probs = restore_probabilities(tempered, trace).astype(np.float16) if probabilities else None
+    del tempered
     timings["restore"] = time.perf_counter() - t
     t = time.perf_counter()
     label, stats = postprocess(label, settings.rules, volume.spacing) if settings.rules else (label, {})
