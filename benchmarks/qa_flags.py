@@ -44,7 +44,7 @@ from medseg.types import Volume
 # Flag kinds, by the start of their text (medseg/infer/plausibility.py and medseg/qa/flags.py).
 KINDS = [("spacing", r"^spacing "), ("field of view", r"^field of view "), ("intensity", r"^channel \d+: only "),
          ("label volume", r": volume \d+ mm3 outside"), ("missing label", r": missing \(present in"),
-         ("empty mask", r"^empty mask"), ("border contact", r"^label touches the scan border"),
+         ("empty mask", r"^empty mask"), ("border contact", r"touches the scan border"),
          ("low confidence", r"^low confidence"), ("low predicted quality", r"^low predicted quality")]
 VARIANTS = ("as is", "mirrored", "cropped", "noise", "other dataset")
 
@@ -76,8 +76,9 @@ def assess(predictor: Predictor, image: Volume, truth: Volume | None, contoured:
     flags = input_flags(image, predictor.plan, predictor.fingerprint)
     flags += result_flags(label, predictor.labels, predictor.fingerprint)
     flags += quality_flags(prediction.quality, predictor.labels)
-    flags += case_flags(label.array, label.spacing, predictor.labels, (predictor.fingerprint or {}).get(
-        "label_volume_mm3"), prediction.probabilities)
+    training = predictor.fingerprint or {}
+    flags += case_flags(label.array, label.spacing, predictor.labels, training.get("label_volume_mm3"),
+                        prediction.probabilities, training_border=training.get("label_border_fraction"))
     dice = dice_by_label(label.array, truth.array, contoured) if truth is not None else {}
     return {"flags": flags, "kinds": sorted(flag_kinds(flags)), "dice": dice, "quality": prediction.quality}
 

@@ -46,7 +46,7 @@ IDENTITY_FILES = (CONFIG, PLAN, WEIGHTS)  # what every model has and its id hash
 INFERENCE_FILES = (*IDENTITY_FILES, LABELS, VERSIONS, POSTPROCESS)
 RUN_FILES = (*INFERENCE_FILES, FINGERPRINT, "splits.json", "validation.json", "log.jsonl")  # checksummed
 SHAREABLE_FINGERPRINT = ("ranges", "median_spacing", "median_shape", "intensity", "label_voxels_median",
-                         "label_volume_mm3", "cases_with_label")
+                         "label_volume_mm3", "cases_with_label", "label_border_fraction")
 VERSIONED_PACKAGES = ("medseg", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom")
 MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; a 5-fold ensemble of the largest planned network is ~1 GB
 MAX_ZIP_MEMBERS = 1000

@@ -29,7 +29,9 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
         statistics (mean, std, percentiles 0.5 and 99.5), ``label_voxels`` (median voxels per class),
         ``label_volume_mm3`` and ``label_centroids_mm``: per case (in ``cases`` order), foreground label ->
         centroid ``[x, y, z]`` in mm along the canonical axes from the corner of the cropped image, for the
-        labels present in it (what :func:`medseg.preprocess.plan.mirror_axes` measures left/right pairs on).
+        labels present in it (what :func:`medseg.preprocess.plan.mirror_axes` measures left/right pairs on),
+        and ``label_border_fraction``: per foreground label, the share of the cases holding it where it touches
+        a face of the image's grid (crops of nodules do, most of the time; organs in whole scans do not).
     """
     cases = dataset.labelled
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -64,11 +66,19 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0) -> dict:
                                  "p95": float(np.percentile(v, 95))} for k, v in volumes.items()},
         "cases_with_label": {k: int(sum(1 for x in v if x > 0)) for k, v in voxels.items()},
         "label_centroids_mm": [r["centroids_mm"] for r in rows],
+        "label_border_fraction": {str(k): _share(k in r["border"] for r in rows if r["counts"].get(k, 0))
+                                  for k in labels},
     }
+
+
+def _share(flags) -> float:
+    flags = list(flags)
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
 def _case_row(case: Case, dataset: Dataset, seed: int) -> dict:
     image, label = load_case(case)
+    border = labels_on_border(label.array)
     ornt = canonical_ornt(image.affine)
     image, label = to_canonical(image, ornt), to_canonical(label, ornt)
     box = nonzero_box(image.array)
@@ -84,7 +94,13 @@ def _case_row(case: Case, dataset: Dataset, seed: int) -> dict:
     counts = dict(zip(*np.unique(lab, return_counts=True), strict=True))
     return {"id": case.id, "spacing": list(image.spacing), "shape": list(img.shape[1:]), "samples": samples,
             "counts": {int(k): int(v) for k, v in counts.items()}, "voxel_mm3": float(np.prod(image.spacing)),
-            "centroids_mm": label_centroids_mm(lab, image.spacing)}
+            "centroids_mm": label_centroids_mm(lab, image.spacing), "border": border}
+
+
+def labels_on_border(label: np.ndarray) -> list[int]:
+    """Foreground label values present on a face of a ``(X, Y, Z)`` label map's grid."""
+    faces = [label[0], label[-1], label[:, 0], label[:, -1], label[:, :, 0], label[:, :, -1]]
+    return sorted({int(v) for face in faces for v in np.unique(face) if v != 0})
 
 
 def label_centroids_mm(label: np.ndarray, spacing) -> dict[str, list[float]]:

@@ -113,14 +113,15 @@ def load_result(record: dict, gt_label: str | Path | None = None) -> ResultCase:
                       truth=read_volume(gt_label, label=True) if gt_label is not None else None)
 
 
-def review_case(record: dict, gt_label: Path | None = None, training_volumes: dict | None = None,
+def review_case(record: dict, gt_label: Path | None = None, training: dict | None = None,
                 annotated: tuple[int, ...] | None = None) -> CaseReview:
     """Flags, volumes, metrics (when ``gt_label``; only labels the truth contoured, given ``annotated``) and
-    pictures for one inference record."""
+    pictures for one inference record; ``training``: the model's fingerprint (label volumes, border contact)."""
 
     case = load_result(record, gt_label)
     label, names = case.label, case.names
-    flags = case_flags(label.array, label.spacing, names, training_volumes, case.probabilities, case.geometry)
+    flags = case_flags(label.array, label.spacing, names, (training or {}).get("label_volume_mm3"),
+                       case.probabilities, case.geometry, (training or {}).get("label_border_fraction"))
     volumes = {n: float((label.array == v).sum()) * float(np.prod(label.spacing)) for v, n in names.items()}
     review = CaseReview(id=record["id"], volumes=volumes, flags=flags,
                         quality=(record.get("quality") or {}).get("min"))
@@ -165,7 +166,7 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
     if not records:
         raise MedsegError("no inference results (<id>.json from medseg infer) found", results)
     truths, _, annotated = ground_truth(Path(gt)) if gt else ({}, None, {})
-    training = _training_volumes(records[0])
+    training = _training_fingerprint(records[0])
     reviews = []
     for record in records:
         try:
@@ -183,11 +184,12 @@ def build_report(results_dir: str | Path, gt: str | Path | None = None, out: str
 
 
 
-def _training_volumes(record: dict) -> dict | None:
+def _training_fingerprint(record: dict) -> dict | None:
+    """The fingerprint of the model folder a record names (label volumes and border contact), when it has one."""
     model_dir = record.get("model_dir")
     fp = Path(model_dir) / "fingerprint.json" if model_dir else None
     if fp and fp.exists():
-        return json.loads(fp.read_text()).get("label_volume_mm3")
+        return json.loads(fp.read_text())
     return None
 
 
