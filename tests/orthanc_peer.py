@@ -1,5 +1,5 @@
 """A real PACS for the node tests: Orthanc (the Debian package `orthanc`) on loopback ports with a temporary
-config, reached by its REST API; and the small waiting helpers those tests share."""
+config, reached by its REST API; and the helpers those tests share (waiting, a node in a thread)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import collect_log
+
+from medseg.dicomnet.node import NodeSettings, run_node
 
 
 def free_port() -> int:
@@ -60,32 +64,25 @@ class Orthanc:
         (series_id,) = {u["ParentSeries"] for u in uploaded}
         return series_id
 
+    def _tags_of(self, modality: str):
+        """Tags of every instance held whose series has ``modality``."""
+        for series in self.get("/series?expand"):
+            if series["MainDicomTags"].get("Modality") == modality:
+                yield from (self.get(f"/instances/{i}/tags?simplify") for i in series["Instances"])
+
     def seg_tags(self, series_uid: str) -> list[dict]:
         """Tags of every SEG instance held that references ``series_uid``."""
-        found = []
-        for series in self.get("/series?expand"):
-            if series["MainDicomTags"].get("Modality") != "SEG":
-                continue
-            for instance in series["Instances"]:
-                tags = self.get(f"/instances/{instance}/tags?simplify")
-                if any(ref.get("SeriesInstanceUID") == series_uid for ref in tags.get("ReferencedSeriesSequence", [])):
-                    found.append(tags)
-        return found
+        return [tags for tags in self._tags_of("SEG")
+                if any(ref.get("SeriesInstanceUID") == series_uid for ref in tags.get("ReferencedSeriesSequence", []))]
 
     def rtstruct_tags(self, series_uid: str) -> list[dict]:
         """Tags of every RTSTRUCT instance held whose contours reference ``series_uid``."""
-        found = []
-        for series in self.get("/series?expand"):
-            if series["MainDicomTags"].get("Modality") != "RTSTRUCT":
-                continue
-            for instance in series["Instances"]:
-                tags = self.get(f"/instances/{instance}/tags?simplify")
-                referenced = [s.get("SeriesInstanceUID") for frame in tags.get("ReferencedFrameOfReferenceSequence", [])
-                              for study in frame.get("RTReferencedStudySequence", [])
-                              for s in study.get("RTReferencedSeriesSequence", [])]
-                if series_uid in referenced:
-                    found.append(tags)
-        return found
+        def referenced(tags: dict) -> list[str]:
+            return [s.get("SeriesInstanceUID") for frame in tags.get("ReferencedFrameOfReferenceSequence", [])
+                    for study in frame.get("RTReferencedStudySequence", [])
+                    for s in study.get("RTReferencedSeriesSequence", [])]
+
+        return [tags for tags in self._tags_of("RTSTRUCT") if series_uid in referenced(tags)]
 
     def seg_count(self) -> int:
         """How many SEG instances Orthanc holds."""
@@ -127,3 +124,20 @@ def run_orthanc(root: Path, modalities: dict[str, list]):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def node_thread(model_dir, settings: NodeSettings):
+    """Start `run_node` in a thread; returns (the node's log lines, stop event, thread) once it listens."""
+    lines: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        with collect_log("medseg.dicomnet", lines):
+            run_node(model_dir, settings, stop)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    wait_for(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
+             "the node to listen")
+    assert thread.is_alive(), lines
+    return lines, stop, thread

@@ -7,11 +7,9 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
-from conftest import collect_log
-from orthanc_peer import free_port, run_orthanc, wait_for
+from orthanc_peer import free_port, node_thread, run_orthanc, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from typer.testing import CliRunner
@@ -20,7 +18,7 @@ from medseg.cli import app
 from medseg.config import load_config
 from medseg.data.phantom import make_phantom, write_phantom_dataset
 from medseg.dicomnet.client import Peer, echo_peer, parse_peer, send_files
-from medseg.dicomnet.node import NodeSettings, run_node
+from medseg.dicomnet.node import NodeSettings
 from medseg.errors import MedsegError
 from medseg.io.dicom_write import write_dicom_series
 from medseg.train import train
@@ -64,19 +62,8 @@ def node(orthanc, model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("node")
     settings = NodeSettings(host="127.0.0.1", port=orthanc.node_port, out=out, quiet_s=1.0, device="cpu",
                             send_to=Peer("ORTHANC", "127.0.0.1", orthanc.dicom_port))
-    lines: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        with collect_log("medseg.dicomnet", lines):
-            run_node(model_dir, settings, stop)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
+    lines, stop, thread = node_thread(model_dir, settings)
     try:
-        wait_for(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
-              "the node to listen")
-        assert thread.is_alive(), lines
         yield settings, lines
     finally:
         stop.set()

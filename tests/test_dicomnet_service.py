@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import collect_log
-from orthanc_peer import free_port, run_orthanc, wait_for
+from orthanc_peer import free_port, node_thread, run_orthanc, wait_for
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
@@ -25,7 +25,7 @@ from medseg.cli import app
 from medseg.dicomnet import outbox
 from medseg.dicomnet.access import parse_allowed, refusal
 from medseg.dicomnet.client import Peer, echo_peer, send_files
-from medseg.dicomnet.node import NodeSettings, run_node, uid_digest
+from medseg.dicomnet.node import NodeSettings, uid_digest
 from medseg.errors import MedsegError, UsageError
 
 STUDY1 = "dicom/hippocampus_crops/study1"
@@ -62,23 +62,6 @@ def series_copy(source, dest, seed: str) -> list:
         ds.save_as(dest / path.name)
         files.append(dest / path.name)
     return files
-
-
-def node_thread(model_dir, settings: NodeSettings):
-    """Start `run_node` in a thread; returns (the node's log lines, stop event, thread) once it listens."""
-    lines: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        with collect_log("medseg.dicomnet", lines):
-            run_node(model_dir, settings, stop)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    wait_for(lambda: any(line.startswith("listening") for line in lines) or not thread.is_alive(), 60,
-             "the node to listen")
-    assert thread.is_alive(), lines
-    return lines, stop, thread
 
 
 def test_allow_list_admits_listed_peers_only(orthanc, model, data_path, tmp_path):
