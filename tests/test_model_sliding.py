@@ -110,3 +110,42 @@ def test_failed_compilation_predicts_eagerly_and_is_not_retried(tmp_path, monkey
     eager = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
     assert len(calls) == 1 and list((tmp_path / "compiled").glob("*.failed"))
     assert np.array_equal(tried, eager) and np.array_equal(again, eager)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_constant_windows_reuse_logits_exactly(mirror):
+    """Windows of one value per channel (an MR's zero background, CT air at the clip floor) go through the
+    network once per value; the probabilities are the plain pass's, bit for bit."""
+    torch.manual_seed(0)
+    net = _Counting()
+    image = np.full((1, 64, 48, 40), -1.25, dtype=np.float32)  # one value outside the body...
+    image[0, 20:40, 10:30, 8:30] = np.random.default_rng(2).normal(size=(20, 20, 22))
+    image[0, 56:, :, :] = 3.0  # ...and a second value (a couch, a bright band)
+    plain = predict_probabilities(net, image, [16, 16, 16], torch.device("cpu"), mirror=mirror,
+                                  reuse_constant=False)
+    every = net.windows
+    net.windows = 0
+    reused = predict_probabilities(net, image, [16, 16, 16], torch.device("cpu"), mirror=mirror)
+    assert np.array_equal(plain, reused)
+    flips = 8 if mirror else 1
+    assert every == window_count(image.shape[1:], [16, 16, 16], 0.5) * flips
+    constant = every // flips - (net.windows // flips - 2)  # windows answered from the two cached values
+    assert net.windows < every and constant > 2
+
+
+def test_constant_windows_in_a_batch():
+    """A batch that is all constant windows: each new value computed once, alone; a batch with any varied window
+    goes through whole."""
+    from medseg.model.sliding import _ConstantWindows
+
+    net = _Counting()
+    wrapped = _ConstantWindows(net)
+    batch = torch.stack([torch.full((1, 8, 8, 8), v) for v in (0.0, 2.0, 0.0)])
+    with torch.no_grad():
+        out = wrapped(batch)
+        assert net.windows == 2 and (wrapped.computed, wrapped.reused) == (2, 1)
+        assert torch.allclose(out, net(batch), atol=1e-6)  # one window at a time vs a batch: rounding only
+        net.windows = 0
+        mixed = batch.clone()
+        mixed[1, 0, 0, 0, 0] = 1.0
+        assert torch.equal(wrapped(mixed), net(mixed)) and net.windows == 6

@@ -126,3 +126,24 @@ def test_label_resampling_with_separate_z_has_no_overshoot(hippocampus_case):
     assert resample_image(onehot, new_shape, separate_z_axis=2, kernel="cubic").max() > 1.01
     out = resample_labels(label.array, new_shape, [0, 1, 2], separate_z_axis=2)
     assert set(np.unique(out)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("new_shape", [(301, 257, 330), (97, 128, 64)])
+def test_restored_argmax_equals_interpolating_the_whole_grid(new_shape, data_path):
+    """Labels restored only where interpolation can reach a voxel that is not background equal the argmax of
+    ``F.interpolate`` over the whole grid (up- and downsampling; real organs of an OpenKBP label map, smoothed
+    to soft scores); scores that are all background give an empty map."""
+    import nibabel as nib
+    import torch
+    from scipy.ndimage import gaussian_filter
+
+    from medseg.preprocess.resample import argmax_restored
+
+    label = np.asarray(nib.load(data_path("openkbp/labelsTr/pt_100.nii.gz")).dataobj)
+    scores = np.stack([gaussian_filter((label == k).astype(np.float32), 1.5) for k in range(8)]).astype(np.float16)
+    whole = torch.nn.functional.interpolate(torch.from_numpy(scores.astype(np.float32))[None], size=new_shape,
+                                            mode="trilinear", align_corners=False)[0].argmax(0).numpy()
+    restored = argmax_restored(scores, new_shape)
+    assert restored.shape == new_shape and restored.dtype == np.int16
+    assert (restored != whole).sum() <= 1e-6 * whole.size and len(np.unique(restored)) >= 6
+    assert not argmax_restored(scores[[0]].repeat(3, 0), new_shape).any()

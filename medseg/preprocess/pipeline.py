@@ -19,7 +19,7 @@ from medseg.preprocess.normalize import normalize
 from medseg.preprocess.orientation import IDENTITY, canonical_ornt, from_canonical, reoriented_shape, to_canonical
 from medseg.preprocess.plan import Plan
 from medseg.preprocess.resample import (
-    argmax_resampled,
+    argmax_restored,
     needs_separate_z,
     resample_image,
     resample_labels,
@@ -106,12 +106,12 @@ def restore_labels(scores: np.ndarray, trace: Trace, labels) -> np.ndarray:
     """Class scores ``(K, x, y, z)`` in preprocessed space -> ``(X, Y, Z)`` int16 label map on the
     input's grid (its stored axis order).
 
-    Scores are resampled (linearly) to the cropped grid class by class, arg-maxed, mapped to label
-    values, placed back into the full canonical grid (background outside the crop box) and reoriented
-    back to the stored order.
+    Scores are resampled (linearly) to the cropped grid class by class where they can give anything but
+    background (:func:`~medseg.preprocess.resample.argmax_restored`), arg-maxed, mapped to label values, placed
+    back into the full canonical grid (background outside the crop box) and reoriented back to the stored order.
     """
     cropped_shape = [b - a for a, b in trace.crop_box]
-    index = argmax_resampled((scores[k] for k in range(scores.shape[0])), cropped_shape)
+    index = argmax_restored(scores, cropped_shape)
     values = np.asarray(sorted(labels), dtype=np.int16)[index]
     full = uncrop(values, [tuple(b) for b in trace.crop_box], trace.canonical_shape, fill=0)
     return np.ascontiguousarray(from_canonical(full, np.asarray(trace.orientation)))

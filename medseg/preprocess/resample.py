@@ -126,6 +126,67 @@ def argmax_resampled(score_maps, new_shape) -> np.ndarray:
     return index
 
 
+def argmax_restored(scores: np.ndarray, new_shape) -> np.ndarray:
+    """Argmax over classes of ``(K, X, Y, Z)`` scores resampled trilinearly to ``new_shape``, computed only where
+    it can be other than class 0: ``new_shape`` int16 class indices.
+
+    Where all eight interpolation corners of a voxel have class 0 as their argmax, a convex combination of them
+    keeps class 0 at or above every other class, so the voxel is class 0. Interpolation therefore runs only over
+    the voxels whose corners reach the box around the voxels that are not class 0, and gives what
+    :func:`argmax_resampled` of the whole grid gives (float rounding aside). Own code (PyTorch's linear
+    ``align_corners=False`` weights as one small matrix per axis) because ``F.interpolate`` cannot compute part
+    of its output grid: restoring 153x153x154 scores of 8 classes to a 512x512x307 CT took 8.2 s whole.
+    """
+    new_shape = tuple(int(n) for n in new_shape)
+    out = np.zeros(new_shape, dtype=np.int16)
+    found = scores.argmax(axis=0) != 0
+    if not found.any():
+        return out
+    taps = [_linear_taps(n_in, n_out) for n_in, n_out in zip(scores.shape[1:], new_shape, strict=True)]
+    region = tuple(_reach(found, axis, i0, i1) for axis, (i0, i1, _) in enumerate(taps))
+    weights, inputs = zip(*(_tap_matrix(*tap, rows) for tap, rows in zip(taps, region, strict=True)), strict=True)
+    best = index = None
+    for k in range(scores.shape[0]):
+        x = torch.from_numpy(np.ascontiguousarray(scores[k][inputs], dtype=np.float32))
+        x = (weights[0] @ x.reshape(x.shape[0], -1)).reshape(-1, *x.shape[1:])
+        x = torch.matmul(weights[1], x) @ weights[2].T
+        if best is None:
+            best, index = x, torch.zeros(x.shape, dtype=torch.int16)
+            continue
+        better = x > best
+        torch.maximum(best, x, out=best)
+        index.masked_fill_(better, k)
+    out[region] = index.numpy()
+    return out
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: the two input indices and the weight of the second, as ``F.interpolate`` (linear,
+    ``align_corners=False``) computes them."""
+    source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, np.minimum(source - i0, 1.0)
+
+
+def _reach(found: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray) -> slice:
+    """Output indices along ``axis`` whose interpolation taps reach the extent of ``found`` on that axis."""
+    hit = np.flatnonzero(found.any(axis=tuple(a for a in range(found.ndim) if a != axis)))
+    near = np.flatnonzero((i1 >= hit[0]) & (i0 <= hit[-1]))
+    return slice(int(near[0]), int(near[-1]) + 1)
+
+
+def _tap_matrix(i0: np.ndarray, i1: np.ndarray, weight: np.ndarray, rows: slice) -> tuple[torch.Tensor, slice]:
+    """The ``(output rows, input indices)`` float32 interpolation matrix of ``rows`` along one axis, and the
+    input indices it reads."""
+    i0, i1, weight = i0[rows], i1[rows], weight[rows]
+    first = int(i0.min())
+    matrix = np.zeros((len(i0), int(i1.max()) + 1 - first), dtype=np.float64)
+    np.add.at(matrix, (np.arange(len(i0)), i0 - first), 1.0 - weight)
+    np.add.at(matrix, (np.arange(len(i0)), i1 - first), weight)
+    return torch.from_numpy(matrix.astype(np.float32)), slice(first, int(i1.max()) + 1)
+
+
 def _as_float_iter(onehot: np.ndarray):
     for k in range(onehot.shape[0]):
         yield onehot[k].astype(np.float32)
