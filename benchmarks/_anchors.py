@@ -8,8 +8,10 @@ change of load on the machine hits all of them; the median and interquartile ran
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +45,18 @@ def monai_rows(net: torch.nn.Module, x: torch.Tensor, patch, overlap: float) -> 
         print(f"MONAI bf16 + torch.compile: compiling and the first pass took {time.perf_counter() - t:.1f} s")
         rows["MONAI bf16 + torch.compile, 1 window/call"] = compiled
     return rows
+
+
+def medseg_row(model: Path, inputs: Path, out: Path, compiled: bool, precision: str = "auto") -> Callable[[], None]:
+    """``medseg infer``'s whole path (files in, files out) as a row: eager (``MEDSEG_COMPILE=0``) or taking the
+    compiled network when one is cached (``MEDSEG_COMPILE=1``)."""
+    from medseg.infer.batch import InferOptions, run_batch
+
+    def run() -> None:
+        os.environ["MEDSEG_COMPILE"] = "1" if compiled else "0"
+        run_batch(model, inputs, out, InferOptions(overwrite=True), device="cpu", precision=precision)
+
+    return run
 
 
 def timed_rounds(rows: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _anchors import fastest, monai_rows, print_table, timed_rounds
+from _anchors import fastest, medseg_row, monai_rows, print_table, timed_rounds
 from _machine import data_dir, machine_line
 
 
@@ -49,16 +49,6 @@ def write_ct(case: str, out: Path) -> tuple[int, ...]:
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(big.round().astype(np.int16), np.diag([*(fov / np.array(shape)), 1.0])), out)
     return shape
-
-
-def medseg_row(model: Path, inputs: Path, out: Path, compile_: bool):
-    from medseg.infer.batch import InferOptions, run_batch
-
-    def run() -> None:
-        os.environ["MEDSEG_COMPILE"] = "1" if compile_ else "0"
-        run_batch(model, inputs, out, InferOptions(overwrite=True), device="cpu", precision="auto")
-
-    return run
 
 
 def reference_labels(logits: torch.Tensor, trace, predictor) -> np.ndarray:

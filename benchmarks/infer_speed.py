@@ -1,25 +1,20 @@
-"""Inference speed: medseg's whole path vs MONAI's network-only sliding window in fp32.
+"""Inference speed: medseg's whole path vs MONAI's network-only sliding window at its best.
 
 Same network (DynUNet 32-256 planned and briefly trained on phantoms of hippocampus-crop size, 40x56x40, unless
---model gives a trained model folder),
-same volume (a synthetic MR-like 160 x 192 x 160 volume at 1 mm), same windows (patch from the plan, overlap 0.5).
+--model gives a trained model folder), same volume (a synthetic MR-like 160 x 192 x 160 volume at 1 mm), same
+windows (patch from the plan, overlap 0.5).
 
-    python benchmarks/infer_speed.py [--model runs/hippocampus] [--repeats 2]
+    python benchmarks/infer_speed.py [--model runs/hippocampus] [--rounds 5]
 
-Rows:
-- MONAI fp32: `sliding_window_inference(x, patch, 2, net, overlap=0.5, mode="gaussian")` on the
-  already-normalised tensor, network only (what a MONAI user writes);
-- medseg infer: the whole path on the NIfTI file: read, preprocess, predict with ``precision="auto"`` (bf16 when
-  :func:`medseg.model.device.precision_for` measures it faster than fp32 on this machine), resample back,
-  post-process, write; three ways, from a cold cache (the benchmark uses its own ``MEDSEG_CACHE_DIR``):
-  eager (``MEDSEG_COMPILE=0``), first run (compiles only when the job is large enough to pay for it, see
-  :mod:`medseg.model.compiled`) and compiled (after the network was compiled once; that time is printed too:
-  what every later run on this machine gets).
-Rows are the best of ``--repeats`` runs; MONAI's runs alternate with medseg's (2 x repeats in all), so a change
-of load on a shared machine hits both.
-GFLOP/s counts the network's forward multiply-adds (x2) over every window, from a fvcore-free estimate of conv
-FLOPs. Bar (issue 12): medseg's best whole path at least 3x faster than the MONAI fp32 network-only call where bf16 is
-measured faster (AMX, Zen 4 and later), 1.5x where it is not. Exit code 1 below it.
+Rows, timed in rounds (every row once per round, in turn; median and IQR printed; ``_anchors.py``):
+- MONAI: ``sliding_window_inference(x, patch, n, net, overlap=0.5, mode="gaussian")`` on the already-normalised
+  tensor, network only, fp32 and bf16 autocast with 1 and 2 windows per call, and bf16 with ``torch.compile``;
+- medseg infer: the whole path on the NIfTI file (read, preprocess, predict, resample back, post-process, write) in
+  fp32 and at ``precision="auto"`` (bf16 where :func:`medseg.model.device.precision_for` measures it faster), eager
+  (``MEDSEG_COMPILE=0``) and compiled (AOTInductor, once, before the rounds; the first run that compiles, from a
+  cold cache, and the compile time are printed apart).
+GFLOP/s counts the network's forward multiply-adds (x2) over every window (conv FLOPs from forward hooks).
+Bar (issue 21): medseg's faster whole path at least 1.5x the fastest MONAI row. Exit code 1 below it.
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _anchors import fastest, medseg_row, monai_rows, print_table, timed_rounds
 from _machine import machine_line
 
 SHAPE = (160, 192, 160)
@@ -83,15 +79,12 @@ def make_model(tmp: Path, model: str | None) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    from monai.inferers import sliding_window_inference
-
-    from medseg.infer.batch import InferOptions, run_batch
     from medseg.infer.predictor import Predictor
     from medseg.io import write_volume
-    from medseg.model.compiled import MIN_COMPILE_WINDOWS, compiled_forward
+    from medseg.model.compiled import compiled_forward
     from medseg.model.sliding import window_batch
     from medseg.types import Volume
 
@@ -107,48 +100,32 @@ def main() -> int:
         image = (rng.normal(100, 20, SHAPE)).astype(np.float32)
         write_volume(Volume(image, np.eye(4)), tmp / "in" / "scan.nii.gz")
         x = torch.from_numpy((image - image.mean()) / image.std())[None, None]
-
-        def monai() -> None:
-            with torch.no_grad():
-                sliding_window_inference(x, patch, 2, net.eval(), overlap=0.5, mode="gaussian")
-
-        def medseg() -> None:
-            run_batch(model_dir, tmp / "in", tmp / "out", InferOptions(overwrite=True), device="cpu",
-                      precision="auto")
-
-        # MONAI's row runs beside each medseg row in alternation, so load from other work hits both; best kept.
-        monai_row, eager_row = "MONAI sliding window, fp32 (net)", f"medseg infer, eager ({precision})"
-        first_row, compiled_row = f"medseg infer, first run ({precision})", f"medseg infer, compiled ({precision})"
-        times: dict[str, list[float]] = {monai_row: [], eager_row: [], first_row: [], compiled_row: []}
-        os.environ["MEDSEG_COMPILE"] = "0"
-        for _ in range(args.repeats):
-            times[monai_row].append(seconds(monai))
-            times[eager_row].append(seconds(medseg))
-        os.environ["MEDSEG_COMPILE"] = "1"
-        times[first_row].append(seconds(medseg))
-        t = time.perf_counter()
+        rows = monai_rows(net, x, patch, 0.5)
+        first = seconds(medseg_row(model_dir, tmp / "in", tmp / "first", compiled=True))
         shape = (window_batch(cpu, predictor.config.infer.sw_batch_size), predictor.plan.in_channels, *patch)
-        compiled = compiled_forward(net, cpu, predictor.dtype, shape, MIN_COMPILE_WINDOWS)
-        compile_s = time.perf_counter() - t
-        for _ in range(args.repeats):
-            times[monai_row].append(seconds(monai))
-            times[compiled_row].append(seconds(medseg))
-        rows = {name: min(values) for name, values in times.items()}
+        start = time.perf_counter()
+        compiled = compiled_forward(net, cpu, predictor.dtype, shape, 10**9)  # cached by the first run, if it compiled
+        compile_s = time.perf_counter() - start
+        rows["medseg infer whole path, fp32, eager"] = medseg_row(model_dir, tmp / "in", tmp / "fp32", False, "fp32")
+        rows[f"medseg infer whole path, {precision}, eager"] = medseg_row(model_dir, tmp / "in", tmp / "eager", False)
+        if compiled is not None:
+            rows[f"medseg infer whole path, {precision}, compiled"] = medseg_row(model_dir, tmp / "in", tmp / "out",
+                                                                                True)
+        times = timed_rounds(rows, args.rounds)
     n = windows(SHAPE, patch, 0.5)
     flops = conv_flops(net, patch) * n
-    bar = 3.0 if predictor.dtype is not None else 1.5
+    anchor, ours = fastest(times, "MONAI"), fastest(times, "medseg")
+    ratio = float(np.median(times[anchor]) / np.median(times[ours]))
     print(machine_line(load))
     print(f"volume {SHAPE}, patch {patch}, {n} windows, {flops / 1e9:.0f} GFLOP per pass, medseg precision "
-          f"auto -> {precision}, medseg window batch {shape[0]}")
-    print(f"{'path':40} {'seconds':>8} {'GFLOP/s':>8} {'speed-up':>8}")
-    monai_s = rows[monai_row]
-    for name, best in rows.items():
-        print(f"{name:40} {best:8.2f} {flops / 1e9 / best:8.1f} {monai_s / best:7.2f}x")
-    print(f"compiling the network once (AOTInductor, cached per model and machine): {compile_s:.1f} s"
-          + ("" if compiled else " (failed: predictions stay eager)"))
-    ratio = monai_s / min(v for k, v in rows.items() if k.startswith("medseg"))
-    print(f"best medseg speed-up {ratio:.2f}x (bar: {bar}x, {'bf16 measured faster' if bar == 3.0 else 'fp32 kept'})")
-    return 0 if ratio >= bar else 1
+          f"auto -> {precision}, medseg window batch {shape[0]}, {args.rounds} rounds")
+    gflops = {name: f"{flops / 1e9 / float(np.median(v)):.1f} GFLOP/s" for name, v in times.items()}
+    print_table(times, anchor, gflops)
+    print(f"medseg's first run from a cold cache (compiles when the job is large enough): {first:.1f} s; "
+          f"compiling the network (AOTInductor, cached per model and machine): {compile_s:.1f} s"
+          + ("" if compiled else " (failed: no compiled row)"))
+    print(f"medseg's faster whole path ({ours}) {ratio:.2f}x the fastest MONAI row ({anchor}); bar 1.5x")
+    return 0 if ratio >= 1.5 else 1
 
 
 def seconds(run) -> float:

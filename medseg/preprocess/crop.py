@@ -29,7 +29,10 @@ def crop(array: np.ndarray, box: list[tuple[int, int]]) -> np.ndarray:
 
 
 def uncrop(array: np.ndarray, box: list[tuple[int, int]], shape, fill=0) -> np.ndarray:
-    """Place ``array`` (cropped last three axes) back into a ``shape``-sized array filled with ``fill``."""
+    """Place ``array`` (cropped last three axes) back into a ``shape``-sized array filled with ``fill``
+    (``array`` itself when the box is the whole of ``shape``)."""
+    if tuple(array.shape[-3:]) == tuple(shape):
+        return array
     out = np.full(tuple(array.shape[:-3]) + tuple(shape), fill, dtype=array.dtype)
     out[(Ellipsis,) + tuple(slice(a, b) for a, b in box)] = array
     return out

@@ -112,7 +112,8 @@ def restore_labels(scores: np.ndarray, trace: Trace, labels) -> np.ndarray:
     """
     cropped_shape = [b - a for a, b in trace.crop_box]
     index = argmax_restored(scores, cropped_shape)
-    values = np.asarray(sorted(labels), dtype=np.int16)[index]
+    values = sorted(labels)
+    values = index if values == list(range(len(values))) else np.asarray(values, dtype=np.int16)[index]
     full = uncrop(values, [tuple(b) for b in trace.crop_box], trace.canonical_shape, fill=0)
     return np.ascontiguousarray(from_canonical(full, np.asarray(trace.orientation)))
 
