@@ -32,7 +32,6 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -61,14 +60,14 @@ def medseg_loop(config, plan, data, device, dtype, compiled: bool = False):
     returns the seconds they took."""
     from medseg.model import build_network
     from medseg.train.loop import BatchStream, train_steps
-    from medseg.train.losses import marginal_dice_ce
+    from medseg.train.losses import training_loss
     from medseg.train.sampling import PatchSampler
 
     tc = config.train
     torch.manual_seed(tc.seed)
     net = build_network(plan, config.model).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    loss_fn = partial(marginal_dice_ce, lambda_dice=tc.dice_weight, lambda_ce=tc.ce_weight)
+    loss_fn = training_loss(tc.dice_weight, tc.ce_weight, tc.batch_dice, tc.min_steps)  # as a long run has it
     images, labels, contoured = data
     sampler = PatchSampler(images, labels, plan.patch_size, list(range(1, len(plan.labels))),
                            tc.foreground_fraction, tc.seed, contoured)

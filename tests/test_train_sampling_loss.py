@@ -71,3 +71,40 @@ def test_labels_with_values_0_5_7_sample_and_train_as_classes_0_1_2():
     loss = marginal_dice_ce(logits, torch.from_numpy(labs).long(), torch.from_numpy(batch.contoured))
     loss.backward()
     assert torch.isfinite(loss) and logits.grad is not None
+
+
+def test_compiled_loss_gives_the_eager_loss_and_gradients(data_path, monkeypatch):
+    """A long run's loss runs under torch.compile with the same value and gradients as the eager marginal loss
+    (real OpenKBP label maps, a partially contoured batch and a fully contoured one); a short run, or
+    MEDSEG_COMPILE=0, keeps it eager; a compiler that fails leaves the eager loss in charge, with a warning."""
+    import nibabel as nib
+
+    from medseg.train import losses
+
+    target = torch.stack([torch.from_numpy(np.asarray(nib.load(data_path(f"openkbp/labelsTr/{c}.nii.gz")).dataobj)
+                                           [32:64, 32:64, 40:72].astype(np.int64))[None] for c in ("pt_100", "pt_1")])
+    logits = torch.randn(2, 8, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    partial_batch = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 1]], dtype=torch.bool)
+    compiled = losses.training_loss(1.0, 1.0, False, losses.COMPILE_MIN_STEPS)
+    assert isinstance(compiled, losses._Compiled)
+    eager = losses.training_loss(1.0, 1.0, False, losses.COMPILE_MIN_STEPS - 1)
+    for contoured in (partial_batch, torch.ones(2, 8, dtype=torch.bool)):
+        values, grads = [], []
+        for fn in (eager, compiled):
+            x = logits.clone().requires_grad_(True)
+            value = fn(x, target, contoured)
+            value.backward()
+            values.append(value.detach())
+            grads.append(x.grad)
+        assert compiled.compiled is not None  # it ran compiled
+        assert torch.allclose(values[0], values[1], atol=1e-5) and torch.allclose(grads[0], grads[1], atol=1e-6)
+    monkeypatch.setenv("MEDSEG_COMPILE", "0")
+    assert not isinstance(losses.training_loss(1.0, 1.0, False, 10**6), losses._Compiled)
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    fallback = losses._Compiled(eager)
+    fallback.compiled = broken
+    assert torch.equal(fallback(logits, target, partial_batch), eager(logits, target, partial_batch))
+    assert fallback.compiled is None

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, sav
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.finish import clock, final_validation, seal_and_summarise, tune_postprocess
 from medseg.train.loop import BatchStream, train_steps
-from medseg.train.losses import marginal_dice_ce
+from medseg.train.losses import training_loss
 from medseg.train.progress_plot import update_progress_png
 from medseg.train.sampling import PatchSampler
 from medseg.train.schedule import RunState, Schedule
@@ -190,13 +189,21 @@ def _trainer(config, plan: Plan, train_data, dev, dtype, ctx: Context) -> _Train
     optimizer = _optimizer(net, tc)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
     # DiceCE, marginal over each case's uncontoured classes (plain DiceCE when every class is contoured)
-    loss_fn = partial(marginal_dice_ce, lambda_dice=tc.dice_weight, lambda_ce=tc.ce_weight, batch=tc.batch_dice)
+    loss_fn = training_loss(tc.dice_weight, tc.ce_weight, tc.batch_dice, _expected_steps(tc))
     classes = list(range(1, len(plan.labels)))  # cached labels are class indices 0..K-1
     images, labels, contoured = train_data
     sampler = PatchSampler(images, labels, plan.patch_size, classes, tc.foreground_fraction, _rank_seed(tc, ctx),
                            contoured)
     model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
     return _Trainer(net, model, optimizer, scaler, loss_fn, sampler, dev, dtype)
+
+
+def _expected_steps(tc) -> int:
+    """Steps the run is planned for: epochs x iterations per epoch; with a time budget ``train.min_steps`` (what
+    planning fits into it), none under 10 minutes (compiling the loss would take a share of those)."""
+    if tc.time_budget:
+        return tc.min_steps if parse_duration(tc.time_budget) >= 600 else 0
+    return tc.epochs * tc.iterations_per_epoch
 
 
 def _rank_seed(tc, ctx: Context) -> int:
