@@ -47,8 +47,9 @@ from _machine import ROOT, data_dir, machine_line
 SPEED_BAR, DICE_BAR = 2.0, 0.005
 
 _NNUNET = """
-import json, sys, time
+import json, os, sys, time
 start = time.perf_counter()
+os.makedirs(sys.argv[3], exist_ok=True)
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 torch.set_num_threads(int(sys.argv[4]))
