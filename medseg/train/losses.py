@@ -45,25 +45,31 @@ def training_loss(dice_weight: float, ce_weight: float, batch_dice: bool, steps:
     """The loss ``medseg train`` optimises: :func:`marginal_dice_ce` with the config's weights, compiled
     (:class:`_Compiled`) when the run is expected to take ``steps`` >= :data:`COMPILE_MIN_STEPS` and
     ``MEDSEG_COMPILE`` is not ``0``."""
-    loss = partial(marginal_dice_ce, lambda_dice=dice_weight, lambda_ce=ce_weight, batch=batch_dice)
     off = os.environ.get("MEDSEG_COMPILE", "1").strip().lower() in ("0", "off", "false")
-    return loss if off or steps < COMPILE_MIN_STEPS else _Compiled(loss)
+    if off or steps < COMPILE_MIN_STEPS:
+        return partial(marginal_dice_ce, lambda_dice=dice_weight, lambda_ce=ce_weight, batch=batch_dice)
+    return _Compiled(dice_weight, ce_weight, batch_dice)
 
 
 class _Compiled:
-    """``loss`` under ``torch.compile``; on the first failure, ``loss`` itself from then on (with a warning)."""
+    """:func:`marginal_dice_ce` with both of its paths under ``torch.compile`` (the choice between them stays in
+    Python: no graph break); on the first failure to compile, the eager loss from then on (with a warning)."""
 
-    def __init__(self, loss: Callable):
-        self.loss, self.compiled = loss, torch.compile(loss)
+    def __init__(self, dice_weight: float, ce_weight: float, batch_dice: bool):
+        self.weights = (dice_weight, ce_weight, batch_dice)
+        self.plain, self.marginal = torch.compile(_dice_ce), torch.compile(_marginal)
+        self.failed = False
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
             try:
-                return self.compiled(*args)
+                if bool(contoured[:, 1:].all()):
+                    return self.plain(logits, target, *self.weights)
+                return self.marginal(logits, target, contoured, *self.weights)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the same loss, eagerly
                 log.warning("compiled loss unavailable, computing it eagerly (%s)", str(exc).splitlines()[0][:200])
-                self.compiled = None
-        return self.loss(*args)
+                self.failed = True
+        return marginal_dice_ce(logits, target, contoured, *self.weights)
 
 
 def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor,
