@@ -59,6 +59,35 @@ def medseg_row(model: Path, inputs: Path, out: Path, compiled: bool, precision: 
     return run
 
 
+def medseg_rows(predictor, model: Path, inputs: Path, out: Path,
+                fp32: bool) -> tuple[dict[str, Callable[[], None]], float | None]:
+    """medseg's whole-path rows for ``predictor`` (loaded from ``model``): fp32 eager (with ``fp32``), eager and
+    compiled at its precision; the network is compiled once here, before any timing (its seconds are returned,
+    None where compiling failed and the compiled row is left out). Outputs go to ``out/<fp32|eager|compiled>``."""
+    from medseg.model.compiled import compiled_forward
+    from medseg.model.sliding import window_batch
+
+    cpu = torch.device("cpu")
+    precision = precision_name(predictor.dtype)
+    plan = predictor.plan
+    shape = (window_batch(cpu, predictor.config.infer.sw_batch_size), plan.in_channels, *plan.patch_size)
+    start = time.perf_counter()
+    compiled = compiled_forward(predictor.nets[0], cpu, predictor.dtype, shape, 10**9)
+    compile_s = time.perf_counter() - start if compiled is not None else None
+    rows = {}
+    if fp32:
+        rows["medseg infer whole path, fp32, eager"] = medseg_row(model, inputs, out / "fp32", False, "fp32")
+    rows[f"medseg infer whole path, {precision}, eager"] = medseg_row(model, inputs, out / "eager", False)
+    if compiled is not None:
+        rows[f"medseg infer whole path, {precision}, compiled"] = medseg_row(model, inputs, out / "compiled", True)
+    return rows, compile_s
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for an autocast dtype (None: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def timed_rounds(rows: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds of each row in each round (every row once per round, rows in turn)."""
     times: dict[str, list[float]] = {name: [] for name in rows}

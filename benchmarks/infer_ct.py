@@ -27,12 +27,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _anchors import fastest, medseg_row, monai_rows, print_table, timed_rounds
+from _anchors import fastest, medseg_rows, monai_rows, precision_name, print_table, timed_rounds
 from _machine import data_dir, machine_line
 
 
@@ -80,46 +79,36 @@ def main() -> int:
     load = os.getloadavg()[0]
     from medseg.infer.predictor import Predictor
     from medseg.io import read_volume
-    from medseg.model.compiled import compiled_forward
-    from medseg.model.sliding import window_batch, window_count
+    from medseg.model.sliding import window_count
     from medseg.preprocess import preprocess
 
-    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["MEDSEG_CACHE_DIR"] = str(tmp / "cache")  # a cold start: precision and compilation measured
         shape = write_ct(args.case, tmp / "in" / "ct.nii.gz")
         predictor = Predictor.from_dir(args.model, device="cpu", precision="auto")
         plan, net, overlap = predictor.plan, predictor.nets[0], float(predictor.config.infer.overlap)
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[predictor.dtype]
+        precision = precision_name(predictor.dtype)
         data, _, trace = preprocess(read_volume(tmp / "in" / "ct.nii.gz"), None, plan)
         x = torch.from_numpy(data)[None]
         rows = monai_rows(net, x, plan.patch_size, overlap)
         same = "MONAI bf16 autocast, 1 window/call" if precision == "bf16" else "MONAI fp32, 1 window/call"
         outputs = {"fp32": rows["MONAI fp32, 1 window/call"](), precision: rows[same]()}
-        batch_shape = (window_batch(cpu, 2), plan.in_channels, *plan.patch_size)
-        start = time.perf_counter()
-        compiled = compiled_forward(net, cpu, predictor.dtype, batch_shape, 10**9)
-        compile_s = time.perf_counter() - start
-        rows[f"medseg infer whole path, eager ({precision})"] = medseg_row(Path(args.model), tmp / "in",
-                                                                           tmp / "eager", False)
-        if compiled is not None:
-            rows[f"medseg infer whole path, compiled ({precision})"] = medseg_row(Path(args.model), tmp / "in",
-                                                                                  tmp / "compiled", True)
-        times = timed_rounds(rows, args.rounds)
-        label = np.asarray(read_volume(tmp / "eager" / "ct.nii.gz").array)
+        ours, compile_s = medseg_rows(predictor, Path(args.model), tmp / "in", tmp / "out", fp32=False)
+        times = timed_rounds({**rows, **ours}, args.rounds)
+        label = np.asarray(read_volume(tmp / "out" / "eager" / "ct.nii.gz").array)
         dice = {name: dice_per_label(label, reference_labels(logits, trace, predictor), sorted(predictor.labels)[1:])
                 for name, logits in outputs.items()}
     anchor = fastest(times, "MONAI")
-    ours = fastest(times, "medseg")
-    ratio = float(np.median(times[anchor]) / np.median(times[ours]))
+    best = fastest(times, "medseg")
+    ratio = float(np.median(times[anchor]) / np.median(times[best]))
     print(machine_line(load))
     print(f"CT {args.case} resampled to {shape} -> plan grid {tuple(data.shape[1:])} at {plan.target_spacing} mm, "
           f"window {plan.patch_size}, overlap {overlap}, {window_count(data.shape[1:], plan.patch_size, overlap)} "
           f"windows; medseg precision auto -> {precision}; {args.rounds} rounds")
     print_table(times, anchor)
-    print(f"compiling medseg's network once (cached per model and machine): {compile_s:.1f} s"
-          + ("" if compiled is not None else " (failed: no compiled row)"))
+    print("compiling medseg's network once (cached per model and machine): "
+          + (f"{compile_s:.1f} s" if compile_s is not None else "failed: no compiled row"))
     names = {int(k): v for k, v in predictor.labels.items()}
     for ref, per_label in dice.items():
         print(f"Dice of medseg's labels vs MONAI {ref}: "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _anchors import fastest, medseg_row, monai_rows, print_table, timed_rounds
+from _anchors import fastest, medseg_row, medseg_rows, monai_rows, precision_name, print_table, timed_rounds
 from _machine import machine_line
 
 SHAPE = (160, 192, 160)
@@ -84,46 +84,36 @@ def main() -> int:
     load = os.getloadavg()[0]
     from medseg.infer.predictor import Predictor
     from medseg.io import write_volume
-    from medseg.model.compiled import compiled_forward
     from medseg.model.sliding import window_batch
     from medseg.types import Volume
 
-    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["MEDSEG_CACHE_DIR"] = str(tmp / "cache")  # a cold start: precision and compilation measured
         model_dir = make_model(tmp, args.model)
         predictor = Predictor.from_dir(model_dir, device="cpu", precision="auto")
         net, patch = predictor.nets[0], predictor.plan.patch_size
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[predictor.dtype]
+        precision = precision_name(predictor.dtype)
         rng = np.random.default_rng(0)
         image = (rng.normal(100, 20, SHAPE)).astype(np.float32)
         write_volume(Volume(image, np.eye(4)), tmp / "in" / "scan.nii.gz")
         x = torch.from_numpy((image - image.mean()) / image.std())[None, None]
         rows = monai_rows(net, x, patch, 0.5)
         first = seconds(medseg_row(model_dir, tmp / "in", tmp / "first", compiled=True))
-        shape = (window_batch(cpu, predictor.config.infer.sw_batch_size), predictor.plan.in_channels, *patch)
-        start = time.perf_counter()
-        compiled = compiled_forward(net, cpu, predictor.dtype, shape, 10**9)  # cached by the first run, if it compiled
-        compile_s = time.perf_counter() - start
-        rows["medseg infer whole path, fp32, eager"] = medseg_row(model_dir, tmp / "in", tmp / "fp32", False, "fp32")
-        rows[f"medseg infer whole path, {precision}, eager"] = medseg_row(model_dir, tmp / "in", tmp / "eager", False)
-        if compiled is not None:
-            rows[f"medseg infer whole path, {precision}, compiled"] = medseg_row(model_dir, tmp / "in", tmp / "out",
-                                                                                True)
-        times = timed_rounds(rows, args.rounds)
+        ours, compile_s = medseg_rows(predictor, model_dir, tmp / "in", tmp / "out", fp32=True)
+        times = timed_rounds({**rows, **ours}, args.rounds)
     n = windows(SHAPE, patch, 0.5)
     flops = conv_flops(net, patch) * n
     anchor, ours = fastest(times, "MONAI"), fastest(times, "medseg")
     ratio = float(np.median(times[anchor]) / np.median(times[ours]))
     print(machine_line(load))
     print(f"volume {SHAPE}, patch {patch}, {n} windows, {flops / 1e9:.0f} GFLOP per pass, medseg precision "
-          f"auto -> {precision}, medseg window batch {shape[0]}, {args.rounds} rounds")
+          f"auto -> {precision}, medseg window batch {window_batch(torch.device('cpu'), 2)}, {args.rounds} rounds")
     gflops = {name: f"{flops / 1e9 / float(np.median(v)):.1f} GFLOP/s" for name, v in times.items()}
     print_table(times, anchor, gflops)
     print(f"medseg's first run from a cold cache (compiles when the job is large enough): {first:.1f} s; "
-          f"compiling the network (AOTInductor, cached per model and machine): {compile_s:.1f} s"
-          + ("" if compiled else " (failed: no compiled row)"))
+          "compiling the network (AOTInductor, cached per model and machine): "
+          + (f"{compile_s:.1f} s" if compile_s is not None else "failed: no compiled row"))
     print(f"medseg's faster whole path ({ours}) {ratio:.2f}x the fastest MONAI row ({anchor}); bar 1.5x")
     return 0 if ratio >= 1.5 else 1
 
