@@ -59,6 +59,7 @@ def medseg_loop(config, plan, data, device, dtype, compiled: bool = False):
     step function and, for fp16 on CUDA, gradient scaler, as ``medseg train`` sets them up); the function
     returns the seconds they took."""
     from medseg.model import build_network
+    from medseg.train.augment import source_size
     from medseg.train.loop import BatchStream, train_steps
     from medseg.train.losses import training_loss
     from medseg.train.sampling import PatchSampler
@@ -70,8 +71,8 @@ def medseg_loop(config, plan, data, device, dtype, compiled: bool = False):
     loss_fn = training_loss(tc.dice_weight, tc.ce_weight, tc.batch_dice, tc.min_steps)  # as a long run has it
     images, labels, contoured = data
     sampler = PatchSampler(images, labels, plan.patch_size, list(range(1, len(plan.labels))),
-                           tc.foreground_fraction, tc.seed, contoured)
-    stream = BatchStream(sampler, config.augment, plan.batch_size, tc.seed, plan.mirror_axes)
+                           tc.foreground_fraction, tc.seed, contoured, source_size(plan.patch_size, config.augment))
+    stream = BatchStream(sampler, config.augment, plan.batch_size, tc.seed, plan.mirror_axes, plan.patch_size)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     batches = iter(loader)

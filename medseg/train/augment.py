@@ -1,17 +1,45 @@
-"""Training augmentation from MONAI transforms, applied to image and label patches together."""
+"""Training augmentation from MONAI transforms, applied to image and label patches together.
+
+Spatial augmentation does not pull empty corners into the patch: the sampler extracts a larger source block
+(:func:`source_size`, the extent any drawn rotation and scaling of the patch can reach) and ``RandAffined``
+samples the final patch from it, so the corners hold image, not zero padding (as nnU-Net does). A patch not
+drawn for the affine transform is the source's centre, the patch the sampler would have cut without it.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 from monai import transforms as T
+from monai.transforms.utils import create_rotate
 
 from medseg.config import AugmentConfig
 
 
-def build_augmentation(cfg: AugmentConfig, seed: int = 0, mirror_axes: Sequence[int] = (0, 1, 2)):
-    """A MONAI ``Compose`` over ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)}``; labels use nearest only.
+def source_size(patch_size: Sequence[int], cfg: AugmentConfig) -> tuple[int, ...]:
+    """The block ``(sx, sy, sz)`` voxels to extract around a ``patch_size`` patch so that every rotation (up to
+    ``cfg.rotate_deg`` about each axis) and scaling (up to ``max(cfg.scale)``) of the patch's sampling grid
+    stays inside it; the patch itself when no affine transform is drawn. Each axis grows by an even number of
+    voxels, so the patch is the block's exact centre."""
+    patch = np.asarray(patch_size, float)
+    if cfg.affine_prob <= 0:
+        return tuple(int(p) for p in patch_size)
+    angles = np.radians(np.linspace(-cfg.rotate_deg, cfg.rotate_deg, 9))
+    half = (patch - 1) / 2 * max(cfg.scale)
+    reach = np.zeros(3)
+    for radians in itertools.product(angles, repeat=3):  # the grid's corners under every drawable rotation
+        reach = np.maximum(reach, np.abs(create_rotate(3, radians)[:3, :3]) @ half)
+    margin = np.maximum(np.ceil(reach - (patch - 1) / 2), 0).astype(int) + 1  # +1: the bilinear neighbour
+    return tuple(int(p) + 2 * int(m) for p, m in zip(patch_size, margin, strict=True))
+
+
+def build_augmentation(cfg: AugmentConfig, seed: int = 0, mirror_axes: Sequence[int] = (0, 1, 2),
+                       patch_size: Sequence[int] | None = None):
+    """A MONAI ``Compose`` over ``{"image": (C, *source), "label": (1, *source)}`` giving ``patch_size``
+    samples (``source``: :func:`source_size`; without ``patch_size``, samples keep the input's size);
+    labels use nearest only.
 
     With ``cfg.flip``, each axis of ``mirror_axes`` (spatial, 0-2: the plan's ``mirror_axes``) is flipped with
     probability 0.5; the others never are, so left/right labels keep their side.
@@ -21,9 +49,12 @@ def build_augmentation(cfg: AugmentConfig, seed: int = 0, mirror_axes: Sequence[
     if cfg.affine_prob > 0:
         angle = np.radians(cfg.rotate_deg)
         low, high = cfg.scale
-        steps.append(T.RandAffined(keys, prob=cfg.affine_prob, rotate_range=(angle, angle, angle),
-                                   scale_range=(low - 1, high - 1), mode=("bilinear", "nearest"),
-                                   padding_mode="zeros"))
+        affine = T.RandAffined(keys, prob=1.0 if patch_size else cfg.affine_prob, rotate_range=(angle,) * 3,
+                               scale_range=(low - 1, high - 1), mode=("bilinear", "nearest"),
+                               padding_mode="zeros", spatial_size=patch_size)
+        # with patch_size: drawn, the patch is sampled from the source; not drawn, it is the source's exact centre
+        steps.append(T.OneOf([affine, T.CenterSpatialCropd(keys, patch_size)],
+                             weights=[cfg.affine_prob, 1 - cfg.affine_prob]) if patch_size else affine)
     if cfg.elastic:
         steps.append(T.Rand3DElasticd(keys, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.1,
                                       mode=("bilinear", "nearest"), padding_mode="zeros"))

@@ -19,13 +19,15 @@ REPORT_SECONDS = 30.0
 class BatchStream(torch.utils.data.IterableDataset):
     """Endless augmented batches ``(images, labels, contoured)`` (see :class:`medseg.train.sampling.Batch`),
     produced in DataLoader worker processes (one seed per worker). Flips use only ``mirror_axes`` (spatial
-    axes 0-2, the plan's ``mirror_axes``)."""
+    axes 0-2, the plan's ``mirror_axes``). With ``patch_size``, the sampler's blocks (its ``source_size``) are
+    cut to it by the spatial augmentation (:func:`medseg.train.augment.build_augmentation`)."""
 
     def __init__(self, sampler, augment_config, batch_size: int, seed: int,
-                 mirror_axes: Sequence[int] = (0, 1, 2)):
+                 mirror_axes: Sequence[int] = (0, 1, 2), patch_size: Sequence[int] | None = None):
         super().__init__()
         self.sampler, self.augment_config, self.batch_size, self.seed = sampler, augment_config, batch_size, seed
         self.mirror_axes = tuple(int(a) for a in mirror_axes)
+        self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
 
     def __iter__(self):
         set_track_meta(False)
@@ -33,7 +35,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         worker = info.id if info is not None else 0
         self.sampler.rng = np.random.default_rng([self.seed, worker])
         compose = build_augmentation(self.augment_config, seed=self.seed * 1000 + worker,
-                                     mirror_axes=self.mirror_axes)
+                                     mirror_axes=self.mirror_axes, patch_size=self.patch_size)
         while True:
             batch = self.sampler.batch(self.batch_size)
             images, labels = augment_batch(compose, batch.images, batch.labels)

@@ -35,6 +35,7 @@ from medseg.model.device import autocast_dtype, precision_for
 from medseg.model.distributed import Context, setup, shutdown
 from medseg.model.networks import build_network, network_entry
 from medseg.preprocess.plan import Plan
+from medseg.train.augment import source_size
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.finish import clock, final_validation, seal_and_summarise, tune_postprocess
@@ -193,7 +194,7 @@ def _trainer(config, plan: Plan, train_data, dev, dtype, ctx: Context) -> _Train
     classes = list(range(1, len(plan.labels)))  # cached labels are class indices 0..K-1
     images, labels, contoured = train_data
     sampler = PatchSampler(images, labels, plan.patch_size, classes, tc.foreground_fraction, _rank_seed(tc, ctx),
-                           contoured)
+                           contoured, source_size(plan.patch_size, config.augment))
     model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
     return _Trainer(net, model, optimizer, scaler, loss_fn, sampler, dev, dtype)
 
@@ -226,7 +227,8 @@ def _resume(trainer: _Trainer, out: Path, ctx: Context) -> RunState:
 def _batches(config, plan: Plan, sampler: PatchSampler, ctx: Context, epoch: int):
     """Augmented batches from DataLoader workers, seeded by rank and the epoch the run starts at."""
     tc = config.train
-    stream = BatchStream(sampler, config.augment, plan.batch_size, _rank_seed(tc, ctx) + epoch, plan.mirror_axes)
+    stream = BatchStream(sampler, config.augment, plan.batch_size, _rank_seed(tc, ctx) + epoch, plan.mirror_axes,
+                         plan.patch_size)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.num_workers,
                                          persistent_workers=tc.num_workers > 0)
     return iter(loader)

@@ -31,8 +31,8 @@ class Batch(NamedTuple):
     """One batch of patches.
 
     Attributes:
-        images: ``(B, C, *patch)`` float32.
-        labels: ``(B, 1, *patch)`` class indices.
+        images: ``(B, C, *source)`` float32 (``source``: the sampler's ``source_size``, the patch by default).
+        labels: ``(B, 1, *source)`` class indices.
         contoured: ``(B, K)`` bool, the classes each patch's case contoured (background always).
         centred: The foreground class each patch was centred on, None for a patch centred anywhere.
     """
@@ -58,12 +58,18 @@ class PatchSampler:
         contoured: Per case a ``(K,)`` bool array of the classes it contoured
             (:func:`medseg.train.data.contoured_classes`); None when every case contoured every class
             (then ``K = max(classes) + 1``).
+        source_size: ``(sx, sy, sz)`` voxels, each at least the patch's and larger by an even number: the
+            block cut around each patch (its exact centre) for spatial augmentation to sample from
+            (:func:`medseg.train.augment.source_size`); None: the patch itself.
     """
 
     def __init__(self, images, labels, patch_size, classes, foreground_fraction: float = 0.33, seed: int = 0,
-                 contoured: list[np.ndarray] | None = None):
+                 contoured: list[np.ndarray] | None = None, source_size=None):
         self.images, self.labels = images, labels
         self.patch = np.asarray(patch_size, int)
+        self.source = self.patch if source_size is None else np.asarray(source_size, int)
+        if np.any(self.source < self.patch) or np.any((self.source - self.patch) % 2):
+            raise ValueError(f"source size {tuple(self.source)} must exceed patch {tuple(self.patch)} evenly")
         self.fg_fraction = float(foreground_fraction)
         self.rng = np.random.default_rng(seed)
         if contoured is None:
@@ -95,14 +101,17 @@ class PatchSampler:
         return Batch(np.stack(imgs), np.stack(labs), np.stack(masks), chosen)
 
     def extract(self, case: int, centre) -> tuple[np.ndarray, np.ndarray]:
-        """Patch of ``patch_size`` centred (as far as the image allows) on ``centre``, zero-padded."""
+        """The ``source_size`` block around the patch of ``patch_size`` centred (as far as the image allows) on
+        ``centre``; zero-padded where it leaves the image."""
         image, label = self.images[case], self.labels[case]
         shape = np.asarray(label.shape)
         start = np.asarray(centre) - self.patch // 2
         start = np.minimum(np.maximum(start, np.minimum(0, shape - self.patch)), np.maximum(shape - self.patch, 0))
-        out_img = np.zeros((image.shape[0], *self.patch), np.float32)
-        out_lab = np.zeros(tuple(self.patch), label.dtype)
-        src = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, self.patch, shape, strict=True))
+        start -= (self.source - self.patch) // 2
+        out_img = np.zeros((image.shape[0], *self.source), np.float32)
+        out_lab = np.zeros(tuple(self.source), label.dtype)
+        src = tuple(slice(max(s, 0), max(min(s + p, n), max(s, 0)))
+                    for s, p, n in zip(start, self.source, shape, strict=True))
         dst = tuple(slice(max(-s, 0), max(-s, 0) + (sl.stop - sl.start)) for s, sl in zip(start, src, strict=True))
         out_img[(slice(None),) + dst] = image[(slice(None),) + src]
         out_lab[dst] = label[src]
