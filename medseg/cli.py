@@ -330,6 +330,30 @@ def evaluate(
 
 @app.command()
 @one_line_errors
+def compare(
+    a: Path = typer.Argument(..., help="Evaluation A: a `medseg evaluate` output folder (or the folder above it)."),
+    b: Path = typer.Argument(..., help="Evaluation B of the same cases (e.g. another run on the same test split)."),
+    metric: str = typer.Option("dice", "--metric", help="A metrics.csv column: dice, nsd, hd95, ..."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the bootstrap interval."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the comparison as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+):
+    """Paired per-case comparison of two evaluations: per label B - A, its bootstrap confidence interval over
+    cases, and how many cases went each way; case/label pairs scored by one side only are listed, never
+    dropped silently. Exit code 1 if an evaluation is missing or the two share no case."""
+    import json
+
+    from medseg.io.atomic import write_text_atomic
+    from medseg.metrics.compare import compare_folders, comparison_markdown
+
+    result = compare_folders(a, b, metric, level)
+    typer.echo(comparison_markdown(result))
+    if out is not None:
+        write_text_atomic(out, json.dumps(result, indent=1), overwrite=overwrite)
+
+
+@app.command()
+@one_line_errors
 def qa(
     results: Path = typer.Argument(..., help="Output folder of medseg infer."),
     gt: Path | None = typer.Option(None, "--gt", help="Ground truth (folder of label maps or a dataset)."),
