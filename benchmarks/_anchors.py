@@ -65,12 +65,14 @@ def medseg_rows(predictor, model: Path, inputs: Path, out: Path,
     compiled at its precision; the network is compiled once here, before any timing (its seconds are returned,
     None where compiling failed and the compiled row is left out). Outputs go to ``out/<fp32|eager|compiled>``."""
     from medseg.model.compiled import compiled_forward
-    from medseg.model.sliding import window_batch
+    from medseg.model.sliding import call_batches
 
     cpu = torch.device("cpu")
     precision = precision_name(predictor.dtype)
     plan = predictor.plan
-    shape = (window_batch(cpu, predictor.config.infer.sw_batch_size), plan.in_channels, *plan.patch_size)
+    window = (plan.in_channels, *plan.patch_size)
+    batch, _ = call_batches(predictor.nets[0], cpu, predictor.dtype, window, predictor.config.infer.sw_batch_size)
+    shape = (batch, *window)
     start = time.perf_counter()
     compiled = compiled_forward(predictor.nets[0], cpu, predictor.dtype, shape, 10**9)
     compile_s = time.perf_counter() - start if compiled is not None else None

@@ -84,7 +84,7 @@ def main() -> int:
     load = os.getloadavg()[0]
     from medseg.infer.predictor import Predictor
     from medseg.io import write_volume
-    from medseg.model.sliding import window_batch
+    from medseg.model.sliding import call_batches
     from medseg.types import Volume
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -108,7 +108,8 @@ def main() -> int:
     ratio = float(np.median(times[anchor]) / np.median(times[ours]))
     print(machine_line(load))
     print(f"volume {SHAPE}, patch {patch}, {n} windows, {flops / 1e9:.0f} GFLOP per pass, medseg precision "
-          f"auto -> {precision}, medseg window batch {window_batch(torch.device('cpu'), 2)}, {args.rounds} rounds")
+          f"auto -> {precision}, medseg windows per call "
+          f"{call_batches(net, torch.device('cpu'), predictor.dtype, (1, *patch), 2)[0]}, {args.rounds} rounds")
     gflops = {name: f"{flops / 1e9 / float(np.median(v)):.1f} GFLOP/s" for name, v in times.items()}
     print_table(times, anchor, gflops)
     print(f"medseg's first run from a cold cache (compiles when the job is large enough): {first:.1f} s; "

@@ -1,11 +1,11 @@
 """Sliding-window prediction of class probabilities with Gaussian blending (MONAI's inferer).
 
 On CPU the network runs as an ahead-of-time compiled package when one is cached or the job is large enough to
-pay for compiling it (:mod:`medseg.model.compiled`); otherwise eagerly. On CPU windows also go through the
-network one at a time, whatever ``sw_batch_size`` says (that applies on CUDA): on a 2-core AMD EPYC (Zen 5,
-AVX512-BF16), torch 2.13, DynUNet 32-256, 40x56x40 windows, 2026-11-26, load ~1.3, interleaved, ms per window
-for 1 / 2 windows per call: bf16 eager 52 / 64, bf16 compiled 41 / 47-49 (4: 54, 8: 55), fp32 eager 122 / 130,
-fp32 compiled 84 / 88. Torch threads stay at all cores (bf16 eager, 1 window: 1 thread 97-102 ms, 2 threads 54).
+pay for compiling it (:mod:`medseg.model.compiled`); otherwise eagerly. On CPU the batch per network call is
+measured on the machine (:mod:`medseg.model.batching`: one window per call on a Zen 5 EPYC, two on a Zen 3
+EPYC where one window per call ran 5x slower per window), whatever ``sw_batch_size`` says (that applies on
+CUDA); when mirroring, the batch holds flips of one window. Torch threads stay at all cores (Zen 5, bf16 eager,
+1 window: 1 thread 97-102 ms, 2 threads 54).
 
 A window whose every voxel holds the same value (per channel) goes through the network once per value: CT air
 below the plan's lower clip is one value after normalisation, so is an MR's zero background and MONAI's padding.
@@ -16,6 +16,7 @@ reused for every other window of that value, and the result is the plain pass's 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
 
@@ -24,6 +25,7 @@ import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from medseg.model.batching import windows_per_call
 from medseg.model.compiled import compiled_forward
 from medseg.model.device import autocast
 
@@ -59,7 +61,7 @@ def predict_probabilities(
     (``K x voxels x 2`` bytes in all).
 
     Args:
-        sw_batch_size: Windows per network call on CUDA (on CPU one, measured faster: see the module docstring).
+        sw_batch_size: Windows per network call on CUDA (on CPU measured: see :func:`call_batches`).
         mirror: Test-time augmentation: each window's logits are averaged over its flips along ``mirror_axes``
             (see :func:`mirror_flips`).
         max_slab_voxels: Volumes over this many voxels take the rolling pass.
@@ -72,9 +74,10 @@ def predict_probabilities(
     net.eval()
     flips = mirror_flips(mirror_axes) if mirror else [()]
     forwards = window_count(shape, patch_size, overlap) * len(flips)
-    batch = window_batch(device, sw_batch_size)
-    forward = compiled_forward(net, device, dtype, (batch, image.shape[0], *patch_size), forwards) or net
-    model = _mirrored(forward, flips) if mirror else forward
+    batch, per_call = call_batches(net, device, dtype, (image.shape[0], *patch_size), sw_batch_size, len(flips))
+    compiled = compiled_forward(net, device, dtype, (batch * per_call, image.shape[0], *patch_size), forwards)
+    forward = net if compiled is None else _exact_batch(compiled, batch * per_call)
+    model = _mirrored(forward, flips, per_call) if mirror else forward
     if reuse_constant:
         model = _ConstantWindows(model)
     if int(np.prod(shape)) <= max_slab_voxels or shape[axis] <= patch_size[axis]:
@@ -174,9 +177,27 @@ def _with(items, axis: int, value) -> tuple:
     return (*items[:axis], value, *items[axis + 1:])
 
 
-def window_batch(device: torch.device, sw_batch_size: int) -> int:
-    """Windows per network call: one on CPU (measured faster, see the module docstring), else ``sw_batch_size``."""
-    return 1 if device.type == "cpu" else sw_batch_size
+def call_batches(net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None, window: tuple[int, ...],
+                 sw_batch_size: int, flips: int = 1) -> tuple[int, int]:
+    """``(windows, flips)`` per network call for ``window`` ``(C, x, y, z)``: on CPU the measured best batch
+    (:func:`medseg.model.batching.windows_per_call`) holds flips of one window when mirroring (``flips`` > 1;
+    both are powers of two), else windows; on CUDA ``sw_batch_size`` windows, one flip at a time."""
+    best = windows_per_call(net, device, dtype, window, sw_batch_size)
+    if flips > 1 and device.type == "cpu":
+        return 1, math.gcd(best, flips)
+    return best, 1
+
+
+def _exact_batch(forward: Callable[[torch.Tensor], torch.Tensor], size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``forward`` (a compiled package, made for batches of exactly ``size``) on any batch up to ``size``: the
+    batch is zero-padded and the padding's logits dropped."""
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == size:
+            return forward(x)
+        return forward(torch.cat([x, x.new_zeros((size - x.shape[0], *x.shape[1:]))]))[:x.shape[0]]
+
+    return call
 
 
 def window_count(shape, patch_size, overlap: float) -> int:
@@ -195,18 +216,21 @@ def mirror_flips(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [flip for n in range(len(axes) + 1) for flip in combinations(axes, n)]
 
 
-def _mirrored(forward: Callable[[torch.Tensor], torch.Tensor],
-              flips: list[tuple[int, ...]]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _mirrored(forward: Callable[[torch.Tensor], torch.Tensor], flips: list[tuple[int, ...]],
+              per_call: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     """Average of ``forward``'s logits over ``flips`` (spatial axes, see :func:`mirror_flips`) of each
-    ``(B, C, x, y, z)`` window, each flip undone on its logits (nnU-Net's mirroring)."""
+    ``(B, C, x, y, z)`` window, each flip undone on its logits (nnU-Net's mirroring); ``per_call`` flips go
+    through ``forward`` together, as one batch of ``per_call * B``."""
 
     def mirrored(x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for flip in flips:
-            dims = [a + 2 for a in flip]
-            logits = forward(torch.flip(x, dims) if dims else x).float()
-            logits = torch.flip(logits, dims) if dims else logits
-            total = logits if total is None else total + logits
+        total, n = None, x.shape[0]
+        for i in range(0, len(flips), per_call):
+            group = flips[i:i + per_call]
+            out = forward(torch.cat([torch.flip(x, [a + 2 for a in f]) if f else x for f in group])).float()
+            for j, flip in enumerate(group):
+                dims = [a + 2 for a in flip]
+                logits = torch.flip(out[j * n:(j + 1) * n], dims) if dims else out[j * n:(j + 1) * n]
+                total = logits if total is None else total + logits
         return total / len(flips)
 
     return mirrored
