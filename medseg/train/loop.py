@@ -56,7 +56,7 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor, *
 
 
 def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, scaler=None,
-                deadline: float | None = None, report=None) -> dict:
+                deadline: float | None = None, report=None, on_step=None) -> dict:
     """Run up to ``steps`` optimisation steps on ``(images, labels, contoured)`` batches with
     ``loss_fn(output, labels, contoured)``.
 
@@ -64,6 +64,7 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, sca
         deadline: ``time.perf_counter()`` value after which no further step starts (a time budget's hard
             stop, mid-epoch if need be); None: all ``steps``.
         report: Called as ``report(done, steps, steps_per_second)`` at most every :data:`REPORT_SECONDS`.
+        on_step: Called after every optimiser step (e.g. to update a weight average).
 
     Returns:
         Mean loss, steps done, seconds, and the fraction of time spent waiting for data.
@@ -93,6 +94,8 @@ def train_steps(net, batches, optimizer, loss_fn, device, dtype, steps: int, sca
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
             optimizer.step()
+        if on_step is not None:
+            on_step()
         losses.append(float(loss.detach()))
         now = time.perf_counter()
         if report is not None and now - last_report >= REPORT_SECONDS:

@@ -36,6 +36,7 @@ from medseg.model.distributed import Context, setup, shutdown
 from medseg.model.networks import build_network, network_entry
 from medseg.preprocess.plan import Plan
 from medseg.train.augment import source_size
+from medseg.train.averaging import WeightAverage
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.finish import clock, final_validation, seal_and_summarise, tune_postprocess
@@ -153,7 +154,8 @@ def _precision(config, plan, dev, ctx: Context) -> torch.dtype | None:
 @dataclass
 class _Trainer:
     """What the epochs share: the network (``model`` is it wrapped in DistributedDataParallel under torchrun),
-    optimiser, loss, patch sampler and batch stream, device and autocast dtype."""
+    optimiser, loss, patch sampler and batch stream, device and autocast dtype, and the weight average
+    (``train.ema``), when there is one."""
 
     net: torch.nn.Module
     model: torch.nn.Module
@@ -164,6 +166,12 @@ class _Trainer:
     device: torch.device
     dtype: torch.dtype | None
     batches: Iterator | None = None  # (images, labels, contoured) batches, started once the epoch is known
+    average: WeightAverage | None = None
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The network validation scores and ``weights.pt`` keeps: the weight average when there is one."""
+        return self.average.net if self.average is not None else self.net
 
 
 def _fit(config, plan: Plan, train_data, val_set: ValidationSet, out: Path, dev, dtype, start: float, resume: bool,
@@ -181,7 +189,7 @@ def _fit(config, plan: Plan, train_data, val_set: ValidationSet, out: Path, dev,
         scores = _validate_epoch(trainer, config, plan, val_set, schedule, state, stats, t0, ctx)
         schedule.epoch_seconds = time.perf_counter() - t0
         state = _end_epoch(trainer, out, schedule, state, stats, scores, t0, ctx)
-    return trainer.net, state, _kept_epoch(trainer.net, out, state, ctx)
+    return trainer.scored, state, _kept_epoch(trainer.scored, out, state, ctx)
 
 
 def _trainer(config, plan: Plan, train_data, dev, dtype, ctx: Context) -> _Trainer:
@@ -196,7 +204,8 @@ def _trainer(config, plan: Plan, train_data, dev, dtype, ctx: Context) -> _Train
     sampler = PatchSampler(images, labels, plan.patch_size, classes, tc.foreground_fraction, _rank_seed(tc, ctx),
                            contoured, source_size(plan.patch_size, config.augment))
     model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
-    return _Trainer(net, model, optimizer, scaler, loss_fn, sampler, dev, dtype)
+    average = WeightAverage(net, tc.ema) if tc.ema > 0 else None
+    return _Trainer(net, model, optimizer, scaler, loss_fn, sampler, dev, dtype, average=average)
 
 
 def _expected_steps(tc) -> int:
@@ -216,6 +225,8 @@ def _resume(trainer: _Trainer, out: Path, ctx: Context) -> RunState:
     ckpt = load_checkpoint(out / "checkpoint_last.pt")
     trainer.net.load_state_dict(ckpt["model"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    if trainer.average is not None and "average" in ckpt:
+        trainer.average.load_state_dict(ckpt["average"])
     state = RunState.from_dict(ckpt["state"])
     if ctx.main:
         restore_rng(ckpt["rng"], trainer.sampler.rng)
@@ -239,10 +250,12 @@ def _train_epoch(trainer: _Trainer, config, schedule: Schedule, state: RunState,
     for group in trainer.optimizer.param_groups:
         group["lr"] = schedule.lr(progress)
     epoch = state.epoch + 1
+    average = trainer.average
     stats = train_steps(trainer.model, trainer.batches, trainer.optimizer, trainer.loss_fn, trainer.device,
                         trainer.dtype, config.train.iterations_per_epoch, trainer.scaler, deadline=schedule.deadline(),
                         report=lambda done, steps, rate: log.info(f"epoch {epoch:3d}: {done}/{steps} steps, "
-                                                                  f"{rate:.2f} steps/s"))
+                                                                  f"{rate:.2f} steps/s"),
+                        on_step=None if average is None else lambda: average.update(trainer.net))
     state.step += stats["steps"]
     state.train_seconds += stats["seconds"]
     state.epoch = epoch
@@ -261,7 +274,7 @@ def _validate_epoch(trainer: _Trainer, config, plan: Plan, val_set: ValidationSe
     v0 = time.perf_counter()
     subset = schedule.validation_cases(state, val_set)
     settings = inference_settings(config, plan, config.train.val_mirror)
-    shares = ctx.gather(validate([trainer.net], subset.shard(ctx.rank, ctx.world), plan, settings, trainer.device,
+    shares = ctx.gather(validate([trainer.scored], subset.shard(ctx.rank, ctx.world), plan, settings, trainer.device,
                                  trainer.dtype))
     schedule.timed(time.perf_counter() - v0, subset.extent() / val_set.extent())
     cases = {case: scores for part in shares for case, scores in part.items()}
@@ -287,9 +300,12 @@ def _after_epoch(out: Path, trainer: _Trainer, state: RunState, stats: dict, sco
         state.validated = state.epoch
     if scores is not None and scores["mean"] > state.best:
         state.best, state.best_epoch = scores["mean"], state.epoch
-        save_checkpoint(out / "weights.pt", net.state_dict())
-    save_checkpoint(out / "checkpoint_last.pt", {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                                 "state": state.to_dict(), "rng": rng_state(trainer.sampler.rng)})
+        save_checkpoint(out / "weights.pt", trainer.scored.state_dict())
+    checkpoint = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state.to_dict(),
+                  "rng": rng_state(trainer.sampler.rng)}
+    if trainer.average is not None:
+        checkpoint["average"] = trainer.average.state_dict()
+    save_checkpoint(out / "checkpoint_last.pt", checkpoint)
     record = {"epoch": state.epoch, "step": state.step, "loss": float(np.mean(losses)),
               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
               "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state.elapsed, "ranks": world}
