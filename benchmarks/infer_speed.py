@@ -8,7 +8,8 @@ windows (patch from the plan, overlap 0.5).
 
 Rows, timed in rounds (every row once per round, in turn; median and IQR printed; ``_anchors.py``):
 - MONAI: ``sliding_window_inference(x, patch, n, net, overlap=0.5, mode="gaussian")`` on the already-normalised
-  tensor, network only, fp32 and bf16 autocast with 1 and 2 windows per call, and bf16 with ``torch.compile``;
+  tensor, network only, fp32 and bf16 autocast with 1 and 2 windows per call (bf16 left out where a CPU runs it
+  over 4x slower than fp32), and ``torch.compile`` at the faster precision with 1 and 2;
 - medseg infer: the whole path on the NIfTI file (read, preprocess, predict, resample back, post-process, write) in
   fp32 and at ``precision="auto"`` (bf16 where :func:`medseg.model.device.precision_for` measures it faster), eager
   (``MEDSEG_COMPILE=0``) and compiled (AOTInductor, once, before the rounds; the first run that compiles, from a
