@@ -65,6 +65,21 @@ def test_a_real_measurement_is_cached_per_machine_and_network(tmp_path, monkeypa
         windows_per_call(net, CPU, None, (1, 16, 16, 24), sw_batch_size=2)
 
 
+def test_a_network_fresh_from_a_training_step_is_measured(tmp_path, monkeypatch):
+    """Validation between epochs: DynUNet with deep supervision keeps its last training forward's heads (tensors
+    with autograd history, which cannot be deep-copied); measuring must neither fail nor change the weights."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(batching, "_memo", {})
+    torch.manual_seed(0)
+    net = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                  filters=[8, 16, 32], norm_name="instance", deep_supervision=True, deep_supr_num=1).train()
+    net(torch.randn(2, 1, 16, 16, 16)).square().mean().backward()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.eval()
+    assert windows_per_call(net, CPU, None, (1, 16, 16, 16), sw_batch_size=2) in batching.CANDIDATES
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
 @pytest.mark.parametrize("best,flips,expected", [(2, 8, (1, 2)), (4, 4, (1, 4)), (4, 2, (1, 2)), (4, 1, (4, 1)),
                                                  (1, 8, (1, 1))])
 def test_mirroring_spends_the_batch_on_flips_of_one_window(best, flips, expected, monkeypatch):

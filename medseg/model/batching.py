@@ -53,7 +53,10 @@ def windows_per_call(net: torch.nn.Module, device: torch.device, dtype: torch.dt
     path = _cache_path().with_name(_CACHE_NAME)
     cache = _read_cache(path)
     if key not in cache:
-        timed = measure(copy.deepcopy(net).eval(), device, dtype, window)  # a copy: the caller's net sees no call
+        # timed on a shallow copy (the same weights and layers): the caller's module object, and anything it counts,
+        # sees no call; a deep copy fails on a network that keeps tensors of its last training forward (DynUNet's
+        # deep-supervision heads)
+        timed = measure(copy.copy(net).eval(), device, dtype, window)
         cache[key] = {"batch": choose_batch(timed), "ms_per_window": timed}
         log.info("windows per network call on %s: %d (ms per window %s); cached in %s", cpu_model(),
                  cache[key]["batch"], ", ".join(f"{b}: {ms:.0f}" for b, ms in timed.items()), path)
