@@ -46,7 +46,7 @@ def test_a_candidate_far_slower_than_fp32_is_given_up_after_one_step(monkeypatch
     slow = {"bf16": 0}
 
     def forward_hook(module, args, output):
-        if torch.is_autocast_cpu_enabled():
+        if torch.is_autocast_enabled("cpu"):
             slow["bf16"] += 1
             time.sleep(3.0)
         return output
