@@ -309,6 +309,9 @@ def evaluate(
                                        "(the default); see docs/dicom_rt.md."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write metrics (default: PRED/evaluation)."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Surface Dice tolerance in mm."),
+    min_lesion: float = typer.Option(0.0, "--min-lesion-mm3", min=0.0, help="Truth components under this "
+                                     "volume are not lesions to find (e.g. 14.1 for LIDC, which outlines "
+                                     "nodules of 3 mm and more); Dice still counts their voxels."),
 ):
     """Dice, IoU, HD95, ASSD, surface Dice, volume difference and lesion-wise detection per case and label;
     per-lesion Dice, pooled sensitivity and false positives per case, small lesions (< 100 mm^3) apart:
@@ -322,8 +325,9 @@ def evaluate(
 
     with tempfile.TemporaryDirectory(prefix="medseg-truth-") as work:
         truth, _ = materialise(gt, work, labels)
-        result = evaluate_folder(pred, truth, out or pred / "evaluation", tolerance_mm=tolerance)
-    typer.echo(markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"]))
+        result = evaluate_folder(pred, truth, out or pred / "evaluation", tolerance_mm=tolerance,
+                                 min_lesion_mm3=min_lesion)
+    typer.echo(markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"], min_lesion))
     if result["errors"]:
         raise typer.Exit(1)
 

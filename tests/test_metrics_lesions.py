@@ -210,3 +210,32 @@ def test_evaluate_cli_writes_lesions_csv_and_summary(data_path, tmp_path):
     markdown = (tmp_path / "eval" / "summary.md").read_text()
     assert "| nodule |" in markdown and "## Lesions" in markdown and "100 mm^3" in markdown
     assert "## Lesions" in result.output  # the terminal shows the lesion section too
+
+
+@pytest.mark.parametrize("case_id", ["LIDC-IDRI-0406_R_3", "LIDC-IDRI-0634_R_2"])
+def test_fragments_under_the_minimum_size_are_not_lesions(data_path, case_id):
+    """Real majority-vote labels with a speck beside the nodule (1 and 6 voxels): under LIDC's 3 mm minimum
+    (14.1 mm^3) the speck is no lesion, the predicted piece on it no false positive; Dice is unchanged."""
+    truth = read_volume(data_path(f"lidc_nodules/labelsTr/{case_id}.nii.gz"), label=True)
+    mask = truth.array == 1
+    pred = mask.copy()  # finds the nodule and the speck, and one false positive far away
+    pred[:3, :3, :2] = True
+    voxel_mm3 = float(np.prod(truth.spacing))
+    min_voxels = int(np.ceil(14.1 / voxel_mm3))
+    truth_cc = sitk.ConnectedComponent(sitk.Cast(_image(mask, truth.spacing), sitk.sitkUInt8), True)
+    kept = sitk.GetArrayFromImage(sitk.RelabelComponent(truth_cc, minimumObjectSize=min_voxels)) > 0
+    kept = kept.transpose(2, 1, 0)
+    speck = mask & ~kept
+    pred_cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(_image(pred, truth.spacing), True)).transpose(2, 1, 0)
+    aside = set(np.unique(pred_cc[speck]).tolist()) - set(np.unique(pred_cc[kept]).tolist())
+    reference, false_positives = _reference(_image(pred & ~np.isin(pred_cc, list(aside)), truth.spacing),
+                                            _image(kept, truth.spacing))
+    assert speck.any() and len(reference) == 1 and false_positives == 1
+
+    rows, lesions = score_case(truth.with_array(pred.astype(np.uint8)), truth, {1: "nodule"}, min_lesion_mm3=14.1)
+    _assert_same_lesions(lesions, reference)
+    (row,) = rows
+    assert (row["lesions_gt"], row["lesion_fragments"], row["lesions_false_positive"]) == (1, 1, 1)
+    every, every_lesion = score_case(truth.with_array(pred.astype(np.uint8)), truth, {1: "nodule"})
+    assert (every[0]["lesions_gt"], every[0]["lesion_fragments"], len(every_lesion)) == (2, 0, 2)
+    assert row["dice"] == every[0]["dice"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -45,20 +46,24 @@ METRICS = ["dice", "iou", "hd95", "assd", "nsd", "volume_pred_mm3", "volume_gt_m
 
 
 def evaluate_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm: float = 1.0,
-                  case_id: str = "", annotated: tuple[int, ...] | None = None) -> list[dict]:
+                  case_id: str = "", annotated: tuple[int, ...] | None = None,
+                  min_lesion_mm3: float = 0.0) -> list[dict]:
     """One row per foreground label with every metric; with ``annotated`` (the label values contoured in
     this case), per contoured foreground label only. :func:`score_case` also gives the per-lesion rows.
 
     Raises:
         MedsegError: when the grids differ (a silently wrong number is worse than none).
     """
-    return score_case(pred, truth, labels, tolerance_mm, case_id, annotated)[0]
+    return score_case(pred, truth, labels, tolerance_mm, case_id, annotated, min_lesion_mm3)[0]
 
 
 def score_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm: float = 1.0,
-               case_id: str = "", annotated: tuple[int, ...] | None = None) -> tuple[list[dict], list[dict]]:
+               case_id: str = "", annotated: tuple[int, ...] | None = None,
+               min_lesion_mm3: float = 0.0) -> tuple[list[dict], list[dict]]:
     """``(rows, lesions)``: the rows of :func:`evaluate_case` and one row per truth lesion of the same scored
-    labels (:func:`medseg.metrics.lesions.lesion_rows`; volumes in mm^3 from the truth's spacing).
+    labels (:func:`medseg.metrics.lesions.lesion_rows`; volumes in mm^3 from the truth's spacing). Truth
+    components under ``min_lesion_mm3`` are not lesions (:mod:`medseg.metrics.lesions`); Dice and the other
+    voxel metrics still count every voxel.
 
     Raises:
         MedsegError: when the grids differ (a silently wrong number is worse than none).
@@ -68,12 +73,13 @@ def score_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm
                           pred.meta.get("source"))
     rows: list[dict] = []
     lesions: list[dict] = []
+    min_voxels = math.ceil(min_lesion_mm3 / float(np.prod(truth.spacing)) - 1e-9) if min_lesion_mm3 > 0 else 0
     for value, name in sorted(labels.items()):
         if value == 0 or (annotated is not None and value not in annotated):
             continue
         p, t = pred.array == value, truth.array == value
         surface = surface_metrics(p, t, truth.spacing, tolerance_mm)
-        match = match_lesions(p, t)
+        match = match_lesions(p, t, min_voxels)
         found = detection_rates(match)
         lesions += lesion_rows(match, truth.spacing, case_id, name)
         vp, vt = volume_mm3(p, truth.spacing), volume_mm3(t, truth.spacing)
@@ -81,7 +87,8 @@ def score_case(pred: Volume, truth: Volume, labels: dict[int, str], tolerance_mm
                      "volume_pred_mm3": vp, "volume_gt_mm3": vt, "volume_diff_mm3": vp - vt,
                      "lesion_sensitivity": found["sensitivity"], "lesion_precision": found["precision"],
                      "lesion_f1": found["f1"], "lesions_gt": found["lesions"],
-                     "lesions_detected": found["detected"], "lesions_false_positive": found["false_positives"]})
+                     "lesions_detected": found["detected"], "lesions_false_positive": found["false_positives"],
+                     "lesion_fragments": match.fragments})
     return rows, lesions
 
 
@@ -122,13 +129,15 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return {image_stem(p): p for p in sorted(folder.iterdir()) if image_suffix(p)}
 
 
-def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None, tolerance_mm: float = 1.0) -> dict:
+def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None, tolerance_mm: float = 1.0,
+                    min_lesion_mm3: float = 0.0) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (folder of label files or a dataset).
 
     Writes ``metrics.csv`` (case x label), ``lesions.csv`` (one row per truth lesion), ``summary.json`` (mean,
     median, std per label and metric under ``summary``; pooled lesion figures per label under ``lesions``) and
     ``summary.md``. Cases whose grids differ are errors, listed and counted, never scored. Labels a case did
-    not contour (module docstring) get no row. Returns what ``summary.json`` holds, with ``rows`` (the case x
+    not contour (module docstring) get no row. Truth components under ``min_lesion_mm3`` are not lesions
+    (:mod:`medseg.metrics.lesions`). Returns what ``summary.json`` holds, with ``rows`` (the case x
     label rows) and ``lesion_rows`` added.
     """
     pairs, missing, names, annotated = pair_cases(Path(pred_dir), Path(gt))
@@ -144,7 +153,8 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
             names_here = labels or names or {int(v): f"label_{int(v)}" for v in
                                              np.union1d(np.unique(truth.array), np.unique(pred.array)) if v != 0}
             contoured = annotated.get(case_id)
-            case_rows, case_lesions = score_case(pred, truth, names_here, tolerance_mm, case_id, contoured)
+            case_rows, case_lesions = score_case(pred, truth, names_here, tolerance_mm, case_id, contoured,
+                                                    min_lesion_mm3)
         except MedsegError as exc:
             errors.append(f"{case_id}: {exc}")
             continue
@@ -154,9 +164,10 @@ def evaluate_folder(pred_dir, gt, out_dir, labels: dict[int, str] | None = None,
             omitted.update(name for value, name in names_here.items() if value != 0 and value not in contoured)
     for line in errors:
         log.error(f"{line}")
-    result = {"summary": summarize(rows), "lesions": summarize_lesions(lesions, _false_positives(rows)),
-              "small_lesion_mm3": SMALL_LESION_MM3, "errors": errors, "cases": len(pairs),
-              "uncontoured_omitted": dict(omitted), "tolerance_mm": tolerance_mm}
+    result = {"summary": summarize(rows),
+              "lesions": summarize_lesions(lesions, _false_positives(rows), _fragments(rows)),
+              "small_lesion_mm3": SMALL_LESION_MM3, "min_lesion_mm3": min_lesion_mm3, "errors": errors,
+              "cases": len(pairs), "uncontoured_omitted": dict(omitted), "tolerance_mm": tolerance_mm}
     _write_outputs(Path(out_dir), result, rows, lesions)
     return {**result, "rows": rows, "lesion_rows": lesions}
 
@@ -169,6 +180,14 @@ def _false_positives(rows: list[dict]) -> dict[str, list[int]]:
     return out
 
 
+def _fragments(rows: list[dict]) -> dict[str, int]:
+    """Label -> truth components left unscored as under the minimum lesion size, over all cases."""
+    out: dict[str, int] = {}
+    for row in rows:
+        out[row["label"]] = out.get(row["label"], 0) + int(row["lesion_fragments"])
+    return out
+
+
 def _write_outputs(out: Path, result: dict, rows: list[dict], lesions: list[dict]) -> None:
     """``metrics.csv``, ``lesions.csv`` (a header alone when there is no lesion), ``summary.json``, ``summary.md``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +197,8 @@ def _write_outputs(out: Path, result: dict, rows: list[dict], lesions: list[dict
     else:
         write_text_atomic(out / "lesions.csv", ",".join(LESION_COLUMNS) + "\n")
     write_text_atomic(out / "summary.json", json.dumps(result, indent=1))
-    write_text_atomic(out / "summary.md", markdown_table(result["summary"]) + "\n" + lesion_markdown(result["lesions"]))
+    write_text_atomic(out / "summary.md", markdown_table(result["summary"]) + "\n"
+                      + lesion_markdown(result["lesions"], result["min_lesion_mm3"]))
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:

@@ -7,6 +7,13 @@ components touching a lesion / predicted components; F1 from the two. Convention
 predictions -> sensitivity = precision = F1 = 1; no lesions but predictions -> sensitivity 1, precision 0;
 lesions but no predictions -> 0, 1 (and F1 0).
 
+A minimum lesion size (``min_voxels`` of :func:`match_lesions`; ``medseg evaluate --min-lesion-mm3``) leaves
+truth components below it unscored, as BraTS 2023's lesion-wise metrics do (each task sets a minimum volume): a
+dataset's own definition of a lesion can exclude them, e.g. LIDC outlines only nodules of 3 mm and more, so a
+1-voxel piece a majority vote of outlines left beside a nodule is not a nodule to find. Such a fragment is no
+lesion (no row), and a predicted component touching only fragments is neither a hit nor a false positive; the
+count of fragments is kept (``fragments``). The default, 0, scores every component.
+
 Per lesion (:func:`lesion_rows`), for truth lesion ``T`` with ``P`` the union of the predicted components
 that overlap ``T`` by at least one voxel:
 
@@ -50,12 +57,14 @@ class LesionMatch:
         pred_sizes: Voxels per predicted component, shape ``(n_pred + 1,)``; index 0 is background.
         overlap: Predicted voxels inside each truth component, shape ``(n_truth + 1,)``.
         pairs: ``(truth component, predicted component)`` pairs that share a voxel, shape ``(2, k)``, unique.
+        fragments: Truth components below the minimum size, left out of all the above (module docstring).
     """
 
     truth_sizes: np.ndarray
     pred_sizes: np.ndarray
     overlap: np.ndarray
     pairs: np.ndarray
+    fragments: int = 0
 
     @property
     def n_truth(self) -> int:
@@ -68,14 +77,35 @@ class LesionMatch:
         return len(self.pred_sizes) - 1
 
 
-def match_lesions(pred: np.ndarray, truth: np.ndarray) -> LesionMatch:
-    """Label both masks (same shape, any dtype; non-zero is foreground) and pair overlapping components."""
-    truth_cc, truth_sizes = components(truth.astype(bool))
-    pred_cc, pred_sizes = components(pred.astype(bool))
+def match_lesions(pred: np.ndarray, truth: np.ndarray, min_voxels: int = 0) -> LesionMatch:
+    """Label both masks (same shape, any dtype; non-zero is foreground) and pair overlapping components; truth
+    components of fewer than ``min_voxels`` voxels are fragments (module docstring)."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    fragments = 0
+    if min_voxels > 1:
+        pred, truth, fragments = _without_fragments(pred, truth, min_voxels)
+    truth_cc, truth_sizes = components(truth)
+    pred_cc, pred_sizes = components(pred)
     both = (truth_cc > 0) & (pred_cc > 0)
     pairs = np.unique(np.stack([truth_cc[both], pred_cc[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
     overlap = np.bincount(truth_cc[both], minlength=len(truth_sizes))
-    return LesionMatch(truth_sizes, pred_sizes, overlap, pairs)
+    return LesionMatch(truth_sizes, pred_sizes, overlap, pairs, fragments)
+
+
+def _without_fragments(pred: np.ndarray, truth: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The masks without truth components under ``min_voxels`` and without the predicted components that touch
+    only those, and how many truth components were left out."""
+    truth_cc, sizes = components(truth)
+    small = sizes < min_voxels
+    small[0] = False
+    if not small.any():
+        return pred, truth, 0
+    fragment = small[truth_cc]
+    pred_cc, _ = components(pred)
+    on_fragments = np.unique(pred_cc[fragment & pred])
+    on_lesions = np.unique(pred_cc[truth & ~fragment & pred])
+    aside = np.setdiff1d(on_fragments, on_lesions)
+    return pred & ~np.isin(pred_cc, aside), truth & ~fragment, int(small.sum())
 
 
 def lesion_detection(pred: np.ndarray, truth: np.ndarray, min_overlap: float = 0.0) -> dict[str, float]:
@@ -124,18 +154,20 @@ def lesion_rows(match: LesionMatch, spacing: Sequence[float], case_id: str = "",
     return rows
 
 
-def summarize_lesions(rows: list[dict], false_positives: dict[str, list[int]]) -> dict[str, dict]:
+def summarize_lesions(rows: list[dict], false_positives: dict[str, list[int]],
+                      fragments: dict[str, int] | None = None) -> dict[str, dict]:
     """Dataset-level lesion figures per label (module docstring).
 
     Args:
         rows: Per-lesion rows of every case (:func:`lesion_rows`).
         false_positives: Label -> false-positive components of each scored case of that label (one entry per
             case, zeros included); its labels are the ones summarised.
+        fragments: Label -> truth components left unscored as under the minimum lesion size (none if absent).
     """
     out = {}
     for label, per_case in false_positives.items():
         these = [r for r in rows if r["label"] == label]
-        out[label] = {**_pool(these), "cases": len(per_case),
+        out[label] = {**_pool(these), "cases": len(per_case), "fragments": (fragments or {}).get(label, 0),
                       "false_positives": int(sum(per_case)),
                       "false_positives_per_case": float(np.mean(per_case)) if per_case else None,
                       "small": _pool([r for r in these if r["small"]]),
@@ -150,7 +182,7 @@ def _pool(rows: list[dict]) -> dict[str, float | int | None]:
             "dice_mean": float(np.mean([r["dice"] for r in rows])) if rows else None}
 
 
-def lesion_markdown(summary: dict[str, dict]) -> str:
+def lesion_markdown(summary: dict[str, dict], min_lesion_mm3: float = 0.0) -> str:
     """The lesion summary of :func:`summarize_lesions` as a short Markdown section."""
     head = ["lesions", "detected", "sensitivity", "FP / case", "Dice", "small: n / sens. / Dice",
             "large: n / sens. / Dice"]
@@ -163,6 +195,10 @@ def lesion_markdown(summary: dict[str, dict]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     intro = (f"## Lesions\n\nPooled over cases; Dice is the mean per-lesion Dice; small = under "
              f"{SMALL_LESION_MM3:g} mm^3, large = the others; n/a = no lesions. Per lesion: lesions.csv.\n\n")
+    if min_lesion_mm3 > 0:
+        left = ", ".join(f"{label} {s['fragments']}" for label, s in summary.items())
+        intro += (f"Truth components under {min_lesion_mm3:g} mm^3 are not scored as lesions (left out: "
+                  f"{left}).\n\n")
     return intro + "\n".join(lines) + "\n"
 
 
