@@ -74,23 +74,26 @@ def _bf16_slowdown(net: torch.nn.Module, channels: int, patch) -> float:
     return once(torch.bfloat16) / once(None)
 
 
-def medseg_row(model: Path, inputs: Path, out: Path, compiled: bool, precision: str = "auto") -> Callable[[], None]:
+def medseg_row(model: Path, inputs: Path, out: Path, compiled: bool, precision: str = "auto",
+               focus: bool = True) -> Callable[[], None]:
     """``medseg infer``'s whole path (files in, files out) as a row: eager (``MEDSEG_COMPILE=0``) or taking the
-    compiled network when one is cached (``MEDSEG_COMPILE=1``)."""
+    compiled network when one is cached (``MEDSEG_COMPILE=1``); the focused pass (the default) or every window
+    (``--full-pass``)."""
     from medseg.infer.batch import InferOptions, run_batch
 
     def run() -> None:
         os.environ["MEDSEG_COMPILE"] = "1" if compiled else "0"
-        run_batch(model, inputs, out, InferOptions(overwrite=True), device="cpu", precision=precision)
+        run_batch(model, inputs, out, InferOptions(overwrite=True, focus=focus), device="cpu", precision=precision)
 
     return run
 
 
 def medseg_rows(predictor, model: Path, inputs: Path, out: Path,
                 fp32: bool) -> tuple[dict[str, Callable[[], None]], float | None]:
-    """medseg's whole-path rows for ``predictor`` (loaded from ``model``): fp32 eager (with ``fp32``), eager and
-    compiled at its precision; the network is compiled once here, before any timing (its seconds are returned,
-    None where compiling failed and the compiled row is left out). Outputs go to ``out/<fp32|eager|compiled>``."""
+    """medseg's whole-path rows for ``predictor`` (loaded from ``model``): fp32 eager (with ``fp32``), eager with
+    every window (``--full-pass``), eager and compiled at its precision (focused, the default); the network is
+    compiled once here, before any timing (its seconds are returned, None where compiling failed and the compiled
+    row is left out). Outputs go to ``out/<fp32|full|eager|compiled>``."""
     from medseg.model.compiled import compiled_forward
     from medseg.model.sliding import call_batches
 
@@ -106,6 +109,8 @@ def medseg_rows(predictor, model: Path, inputs: Path, out: Path,
     rows = {}
     if fp32 and precision != "fp32":  # at fp32 the eager row below is this row
         rows["medseg infer whole path, fp32, eager"] = medseg_row(model, inputs, out / "fp32", False, "fp32")
+    rows[f"medseg infer whole path, {precision}, eager, full pass"] = medseg_row(model, inputs, out / "full", False,
+                                                                                focus=False)
     rows[f"medseg infer whole path, {precision}, eager"] = medseg_row(model, inputs, out / "eager", False)
     if compiled is not None:
         rows[f"medseg infer whole path, {precision}, compiled"] = medseg_row(model, inputs, out / "compiled", True)

@@ -228,6 +228,9 @@ def infer(
                                        "8x; default: the model config's infer.mirror)."),
     overlap: float | None = typer.Option(None, "--overlap", help=f"Sliding-window overlap, 0-{MAX_OVERLAP} "
                                          "(default: the model config's infer.overlap)."),
+    focus: bool | None = typer.Option(None, "--focus/--full-pass",
+                                      help="Run only the sliding windows that can reach the foreground (same labels, "
+                                      "fewer windows) or every window (default: the model config's infer.focus)."),
     modality: str | None = typer.Option(None, "--modality", help="DICOM: only series of this modality."),
     description: str | None = typer.Option(None, "--description",
                                            help="DICOM: only series whose description matches this regex."),
@@ -254,8 +257,9 @@ def infer(
 
     options = InferOptions(overwrite=overwrite, probabilities=probabilities, dicom_seg=dicom_seg,
                            rtstruct=rtstruct, series_number=series_number, series_description=series_description,
-                           mirror=mirror, overlap=overlap, series=SeriesFilter(modality, description, min_slices),
-                           shard=_parse_shard(shard), fail_on_flags=fail_on_flags)
+                           mirror=mirror, overlap=overlap, focus=focus,
+                           series=SeriesFilter(modality, description, min_slices), shard=_parse_shard(shard),
+                           fail_on_flags=fail_on_flags)
     peer = parse_peer(send_to) if send_to else None  # parsed first: a mistyped peer fails before the batch
     summary = run_batch(model, input_path, out_dir, options, device=device, precision=precision)
     if peer is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 sends every shard's

@@ -84,6 +84,7 @@ class InferConfig:
     overlap: float = 0.5
     sw_batch_size: int = 2
     mirror: bool = False
+    focus: bool = True  # only windows that can reach the foreground run (medseg.model.focused)
 
 
 @dataclass

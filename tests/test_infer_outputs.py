@@ -33,10 +33,10 @@ class PhantomPredictor:
     model_id, labels, model_dir, temperature = "phantom-model", LABELS, "phantom", 1.0
     plan, fingerprint = SimpleNamespace(channels={0: "MR"}), None
 
-    def settings(self, mirror=None, overlap=None) -> dict:
-        return {"mirror": False, "overlap": 0.5}
+    def settings(self, mirror=None, overlap=None, focus=None) -> dict:
+        return {"mirror": False, "overlap": 0.5, "focus": True}
 
-    def predict(self, volume, probabilities=False, mirror=None, overlap=None) -> Prediction:
+    def predict(self, volume, probabilities=False, mirror=None, overlap=None, focus=None) -> Prediction:
         array = np.asarray(volume.array)
         label = np.where(array > np.percentile(array, 90), 2, array > np.percentile(array, 60)).astype(np.uint8)
         probabilities = np.stack([label == v for v in LABELS]).astype(np.float16) if probabilities else None

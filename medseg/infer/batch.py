@@ -41,7 +41,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
 
     A case is done when its ``<id>.json`` exists (written last). A done case is skipped only when that
     JSON names this model (its id) and the same result-changing settings (mirroring, overlap,
-    post-processing rules) and lists every output asked for; otherwise it is redone and ``redone`` says
+    focus, post-processing rules) and lists every output asked for; otherwise it is redone and ``redone`` says
     why. ``overwrite`` redoes every case. A failing case is reported in one line and the rest go on.
 
     Returns:
@@ -69,7 +69,7 @@ def run_batch(model_dir, input_path, out_dir, options: InferOptions | None = Non
             raise UsageError(f"shard {index}/{count}: the index must be 0..{count - 1}")
         cases = sorted(cases, key=lambda c: c.id)[index::count]
     predictor = Predictor.from_dir(model_dir, device=str(dev), precision=precision)
-    settings = predictor.settings(options.mirror, options.overlap)
+    settings = predictor.settings(options.mirror, options.overlap, options.focus)
     remove_stale_temporaries(out)  # left by a run that was killed mid-write
     rows = [_run_case(predictor, case, out, options, settings)
             for case in tqdm(cases, desc="cases", unit="case", disable=None)]

@@ -37,7 +37,7 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     volume = read_series(case.series) if case.series is not None else load_image(case.images)
     read_seconds = time.perf_counter() - t0
     prediction = predictor.predict(volume, probabilities=options.probabilities, mirror=options.mirror,
-                                   overlap=options.overlap)
+                                   overlap=options.overlap, focus=options.focus)
     label = prediction.label
     if label.spatial_shape != volume.spatial_shape or not np.array_equal(label.affine, volume.affine):
         raise MedsegError("internal error: prediction grid differs from the input grid; nothing written")
@@ -49,7 +49,7 @@ def segment_case(predictor, case: InputCase, out: Path, options: InferOptions) -
     flags += quality_flags(prediction.quality, predictor.labels)
     record = {
         "id": case.id, "model_id": predictor.model_id,
-        "settings": predictor.settings(options.mirror, options.overlap), "outputs": outputs,
+        "settings": predictor.settings(options.mirror, options.overlap, options.focus), "outputs": outputs,
         "label_volumes_mm3": _volumes(label, predictor.labels), "flags": flags,
         "quality": _quality(prediction.quality, predictor.labels, predictor.temperature),
         "warnings": warnings,

@@ -19,6 +19,7 @@ class InferOptions:
     series_description: str = "medseg"
     mirror: bool | None = None
     overlap: float | None = None
+    focus: bool | None = None
     series: SeriesFilter | None = None
     shard: tuple[int, int] | None = None  # (index, count): take every count-th case from index
     fail_on_flags: bool = False

@@ -85,27 +85,28 @@ class Predictor:
         predictor.temperature = float(np.exp(np.mean(np.log(temperatures))))  # folds: their geometric mean
         return predictor
 
-    def settings(self, mirror: bool | None = None, overlap: float | None = None) -> dict:
+    def settings(self, mirror: bool | None = None, overlap: float | None = None, focus: bool | None = None) -> dict:
         """The options that change a result, resolved against the model's config (``None``: the config's).
 
         Recorded in every case JSON, so a re-run can tell whether an earlier result still holds.
         """
-        chosen = self._settings(mirror, overlap)
-        return {"mirror": chosen.mirror, "overlap": chosen.overlap,
+        chosen = self._settings(mirror, overlap, focus)
+        return {"mirror": chosen.mirror, "overlap": chosen.overlap, "focus": chosen.focus,
                 "postprocess": {str(k): asdict(r) for k, r in sorted(self.rules.items())}}
 
     def predict(self, volume: Volume, probabilities: bool = False, mirror: bool | None = None,
-                overlap: float | None = None) -> Prediction:
+                overlap: float | None = None, focus: bool | None = None) -> Prediction:
         """Segment ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``); see :func:`medseg.model.inference.predict_volume`."""
-        prediction = predict_volume(self.nets, volume, self.plan, self._settings(mirror, overlap), self.device,
+        prediction = predict_volume(self.nets, volume, self.plan, self._settings(mirror, overlap, focus), self.device,
                                     self.dtype, probabilities)
         prediction.label.meta["model_id"] = self.model_id
         return prediction
 
-    def _settings(self, mirror: bool | None, overlap: float | None) -> InferenceSettings:
+    def _settings(self, mirror: bool | None, overlap: float | None, focus: bool | None) -> InferenceSettings:
         cfg = self.config.infer
         return InferenceSettings(overlap=float(cfg.overlap if overlap is None else overlap),
                                  mirror=bool(cfg.mirror if mirror is None else mirror),
+                                 focus=bool(cfg.focus if focus is None else focus),
                                  sw_batch_size=cfg.sw_batch_size, rules=self.rules, temperature=self.temperature)
 
 

@@ -22,12 +22,13 @@ from itertools import combinations
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from medseg.model.batching import windows_per_call
 from medseg.model.compiled import compiled_forward
 from medseg.model.device import autocast
+from medseg.model.focused import focused_probabilities
+from medseg.model.windows import gaussian_weight, window_batch, window_grid
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def predict_probabilities(
     max_slab_voxels: int = MAX_SLAB_VOXELS,
     mirror_axes: Sequence[int] = (0, 1, 2),
     reuse_constant: bool = True,
+    focus: bool = False,
 ) -> np.ndarray:
     """Softmax probabilities ``(K, x, y, z)`` float16 for a preprocessed ``(C, x, y, z)`` image.
 
@@ -68,6 +70,9 @@ def predict_probabilities(
         mirror_axes: Spatial axes (0-2 of ``x, y, z``) that mirroring flips: the plan's ``mirror_axes``.
         reuse_constant: Windows that hold one value per channel go through the network once per value
             (:class:`_ConstantWindows`); False sends every window through it.
+        focus: Only the windows that can reach the foreground (class 0 is background) go through the network
+            (:mod:`medseg.model.focused`: the plain pass's labels, fewer windows); volumes that take the rolling
+            pass run every window.
     """
     shape = image.shape[1:]
     axis = int(np.argmax(shape))
@@ -80,10 +85,12 @@ def predict_probabilities(
     model = _mirrored(forward, flips, per_call) if mirror else forward
     if reuse_constant:
         model = _ConstantWindows(model)
-    if int(np.prod(shape)) <= max_slab_voxels or shape[axis] <= patch_size[axis]:
-        probs = _predict_block(model, image, patch_size, device, dtype, overlap, batch).astype(np.float16)
-    else:
+    if int(np.prod(shape)) > max_slab_voxels and shape[axis] > patch_size[axis]:
         probs = _rolling_pass(model, image, patch_size, axis, device, dtype, overlap, batch)
+    elif focus:
+        probs = focused_probabilities(model, image, patch_size, device, dtype, overlap, batch)
+    else:
+        probs = _predict_block(model, image, patch_size, device, dtype, overlap, batch).astype(np.float16)
     if reuse_constant:
         log.debug("%d of %d windows held one value per channel: %d network calls for them",
                   model.reused + model.computed, model.windows, model.computed)
@@ -130,20 +137,15 @@ def _rolling_pass(model, image: np.ndarray, patch_size, axis: int, device, dtype
     The image is zero-padded to the patch size as MONAI pads it; each slice along ``axis`` is normalised,
     soft-maxed and stored as soon as no later window covers it.
     """
-    patch = tuple(int(v) for v in patch_size)
+    grid = window_grid(image, patch_size, overlap)
+    padded, pads, size, keep = grid.padded, grid.pads, grid.size, grid.keep
     shape = image.shape[1:]
-    pads = [(max(p - n, 0) // 2, max(p - n, 0) - max(p - n, 0) // 2) for n, p in zip(shape, patch, strict=True)]
-    padded = np.pad(image, [(0, 0), *pads]) if any(any(pad) for pad in pads) else image
-    size = padded.shape[1:]
-    interval = [p if n == p else max(int(p * (1 - overlap)), 1) for n, p in zip(size, patch, strict=True)]
-    windows = sorted(dense_patch_slices(size, patch, interval), key=lambda w: w[axis].start)
-    weight = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125, device=device)
-    keep = tuple(slice(before, before + n) for (before, _), n in zip(pads, shape, strict=True))
+    windows = sorted(grid.windows, key=lambda w: w[axis].start)
+    weight = gaussian_weight(patch_size, device)
     out, sums, counts, low = None, None, None, 0  # sums/counts cover padded slices [low, low + their length)
     for i in range(0, len(windows), batch):
         group = windows[i:i + batch]
-        x = torch.from_numpy(np.stack([np.ascontiguousarray(padded[(slice(None), *w)], np.float32)
-                                       for w in group])).to(device)
+        x = window_batch(padded, group, device)
         with autocast(device, dtype):
             logits = model(x).float()
         if out is None:

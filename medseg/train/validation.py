@@ -59,6 +59,7 @@ class ValidationSet:
 def inference_settings(config: RunConfig, plan: Plan, mirror: bool) -> InferenceSettings:
     """The model's own inference settings (what ``medseg infer`` uses by default), mirroring as asked."""
     return InferenceSettings(overlap=config.infer.overlap, mirror=mirror, sw_batch_size=config.infer.sw_batch_size,
+                             focus=config.infer.focus,
                              rules=component_rules(config.postprocess.rules, dict(plan.labels)))
 
 
