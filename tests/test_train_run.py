@@ -183,3 +183,23 @@ def test_checkpoint_state_written_by_earlier_versions_loads():
     state = RunState.from_dict(old)
     assert state.epoch == 3 and state.validated == -1 and state.to_dict() == {**old, "validated": -1}
     assert RunState.from_dict({**old, "best": 0.5, "best_epoch": 2, "validated": 3}).validated == 3
+
+
+def test_budgeted_lr_is_a_python_float_so_checkpoints_load_weights_only(tmp_path):
+    """Validation timings are numpy floats; the learning rate they lead to goes into the optimiser state that
+    checkpoint_last.pt keeps and ``--resume`` loads with ``weights_only=True`` (seen: a 30-minute run's checkpoint
+    refused, ``numpy._core.multiarray.scalar`` not allowed)."""
+    import numpy as np
+
+    from medseg.train.checkpoint import save_checkpoint
+    from medseg.train.schedule import RunState, Schedule
+
+    config = load_config(None, tiny("train.time_budget=10m"))
+    schedule = Schedule(config.train, passes=1, start=time.perf_counter() - 60, val_seconds=np.float64(30.0))
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(net.parameters())
+    optimizer.param_groups[0]["lr"] = schedule.lr(schedule.progress(RunState()))
+    assert 0 < optimizer.param_groups[0]["lr"] < config.train.lr
+    save_checkpoint(tmp_path / "checkpoint.pt", {"optimizer": optimizer.state_dict()})
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert loaded == optimizer.param_groups[0]["lr"]

@@ -120,8 +120,9 @@ class Schedule:
         return budget - validations - 20.0 - (epoch_seconds if self.world > 1 else 0.0)
 
     def lr(self, progress: float) -> float:
-        """``train.lr`` at ``progress`` (0..1) under ``train.lr_schedule``."""
-        tc, progress = self.train, min(max(progress, 0.0), 1.0)
+        """``train.lr`` at ``progress`` (0..1) under ``train.lr_schedule``, a Python float: it goes into the optimiser
+        state that checkpoints keep, which load with ``weights_only=True`` (a numpy float would not)."""
+        tc, progress = self.train, min(max(float(progress), 0.0), 1.0)
         if tc.lr_schedule == "poly":
             return tc.lr * (1 - progress) ** 0.9
         if tc.lr_schedule == "cosine":
