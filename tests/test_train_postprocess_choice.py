@@ -202,7 +202,7 @@ def _raw_and_final(run, image):
     from medseg.model.inference import predict_volume
 
     predictor = Predictor.from_dir(run, device="cpu")
-    settings = replace(predictor._settings(None, None), rules={})
+    settings = replace(predictor._settings(None, None, None), rules={})
     raw = predict_volume(predictor.nets, image, predictor.plan, settings, predictor.device, predictor.dtype)
     return raw.label.array, predictor.predict(image).label.array, predictor
 
