@@ -53,11 +53,11 @@ class RunState:
         return cls(**{**data, "validated": data.get("validated", data["best_epoch"])})
 
 
-def validate_now(epoch: int, last: bool, val_seconds: float, val_spent: float, train_seconds: float) -> bool:
-    """Validate after the first epoch (to time it, on :data:`TIMING_CASES` cases), the ``last`` one, and any
-    other while validation has taken under :data:`VAL_SHARE` of the training time so far (a 41-case CT fold
-    can take minutes per pass)."""
-    return epoch == 1 or last or val_spent + val_seconds <= VAL_SHARE * train_seconds
+def validate_now(last: bool, val_seconds: float, val_spent: float, train_seconds: float) -> bool:
+    """Validate after the first epoch while validation is not timed yet (``val_seconds`` 0: to time it, on
+    :data:`TIMING_CASES` cases), the ``last`` one, and any other while validation has taken under
+    :data:`VAL_SHARE` of the training time so far (a 41-case CT fold can take minutes per pass)."""
+    return not val_seconds or last or val_spent + val_seconds <= VAL_SHARE * train_seconds
 
 
 @dataclass
@@ -134,11 +134,12 @@ class Schedule:
         its own only when the final validation scores differently (mirroring); otherwise the final validation
         scores its weights and the budget's minutes go to training."""
         last = ending and self.train.val_mirror != self.train.final_mirror
-        return validate_now(state.epoch, last, self.val_seconds, self.val_spent, state.train_seconds)
+        return validate_now(last, self.val_seconds, self.val_spent, state.train_seconds)
 
-    def validation_cases(self, state: RunState, cases: ValidationSet) -> ValidationSet:
-        """Epoch 1 times validation on the first :data:`TIMING_CASES` cases; later epochs use the whole fold."""
-        return cases.first(TIMING_CASES) if state.epoch == 1 else cases
+    def validation_cases(self, cases: ValidationSet) -> ValidationSet:
+        """The first :data:`TIMING_CASES` cases while validation is not timed yet (to time it); then the whole
+        fold."""
+        return cases if self.val_seconds else cases.first(TIMING_CASES)
 
     def timed(self, seconds: float, share: float) -> None:
         """Record a validation pass of ``seconds`` over ``share`` (0..1] of the fold's scanned volume."""
