@@ -19,8 +19,9 @@ planned (``plan.json``: spacing, patch, batch, strides, kernels, filters, CT nor
 - optimiser: the config's (AdamW or SGD) at its lr, poly decay (power 0.9) over the wall-clock budget; fp32, or
   bf16 autocast with ``--precision bf16``;
 - budget: the clock starts with the script (loading and caching count); training stops when elapsed time plus
-  the estimated final validation (MONAI's window count on the validation cases x one timed forward, plus 2 s a
-  case, x 1.2) reaches ``--budget``;
+  the final validation's reserve reaches ``--budget``. The reserve is medseg's (``medseg train`` with a time
+  budget): the first 4 validation cases timed through the whole validation path before training, scaled to
+  all cases by their voxels, x 1.2;
 - validation: fold ``--fold``'s validation cases, ``sliding_window_inference`` (plan patch, overlap 0.5,
   Gaussian blending, no mirroring, no post-processing), logits taken back to each case's original grid with
   ``Invertd`` (bilinear), argmax; Dice by ``monai.metrics.compute_dice`` (``ignore_empty=False``) per case and
@@ -29,6 +30,8 @@ planned (``plan.json``: spacing, patch, batch, strides, kernels, filters, CT nor
 medseg's figures are its run's ``validation.json`` (its final validation, with its own mirroring and
 post-processing settings), recomputed from its per-case scores over the same cases the loop validated; a run
 without ``validation.json`` yet is compared through its best epoch in ``log.jsonl`` (no mirroring, all its cases).
+Its post-processing was chosen on these same cases, so its Dice before post-processing (``validation.json``'s
+raw figure per label) is printed too, and decides the exit code where there is one (the whole fold).
 
     python benchmarks/monai_loop.py RUN_DIR [--budget 60m] [--fold 0] [--data ../shared/data/openkbp]
         [--out DIR] [--precision fp32|bf16] [--threads N] [--cases N] [--crop-foreground] [--flip-axes 1,2]
@@ -37,8 +40,9 @@ without ``validation.json`` yet is compared through its best epoch in ``log.json
 validation cases (smoke tests only; medseg's figures are then recomputed over those N validation cases).
 Writes ``DIR/result.json`` (default: ``RUN_DIR``'s sibling ``<name>-monai-loop``).
 
-Exit code 0 when medseg's mean Dice is above the loop's, 1 when it is not, 2 on usage errors (missing run
-files, bad arguments, labels that are not 0..K-1, a run with no medseg figures to compare with).
+Exit code 0 when medseg's mean Dice (before post-processing, where known) is above the loop's, 1 when it is
+not, 2 on usage errors (missing run files, bad arguments, labels that are not 0..K-1, a run with no medseg
+figures to compare with).
 """
 
 from __future__ import annotations
@@ -143,23 +147,31 @@ def medseg_figures(run: Path, ids: list[str], names: list[str]) -> tuple[dict[st
     return best["val_dice"], best["val_mean_dice"], f"log.jsonl epoch {best['epoch']} (in progress, no mirroring)"
 
 
-def estimate_validation(net: torch.nn.Module, shapes: list, plan: dict, sw_batch: int, overlap: float,
-                        dtype: torch.dtype | None) -> float:
-    """Seconds the final validation will take, x 1.2: the sliding-window forwards of every case (MONAI's window
-    grid on the preprocessed shapes, one timed forward of ``sw_batch`` windows) plus 2 s a case to invert and score."""
-    patch = plan["patch_size"]
-    steps = [max(int(p * (1 - overlap)), 1) for p in patch]
-    windows = sum(math.prod(math.ceil(max(s - p, 0) / st) + 1 for s, p, st in zip(shape, patch, steps, strict=True))
-                  for shape in shapes)
-    x = torch.zeros(sw_batch, len(plan.get("channels", {"0": ""})), *patch)
-    net.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype or torch.float32, enabled=dtype is not None):
-        net(x)  # warm-up
-        t0 = time.perf_counter()
-        net(x)
-        forward = time.perf_counter() - t0
-    net.train()
-    return 1.2 * (math.ceil(windows / sw_batch) * forward + 2.0 * len(shapes))
+def medseg_before(run: Path, ids: list[str], names: list[str]) -> tuple[dict[str, float], float] | None:
+    """medseg's per-class and mean Dice before its post-processing (the raw Dice ``validation.json`` records for
+    each label its rules were chosen on), when ``ids`` are all the cases it scored; else None."""
+    path = run / "validation.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    choice = result.get("postprocess_choice") or {}
+    if sorted(result.get("cases", {})) != sorted(ids) or not all(n in choice for n in names):
+        return None
+    per_class = {n: float(choice[n]["dice_before"]) for n in names if choice[n]["cases"]}
+    return per_class, float(np.mean(list(per_class.values()))) if per_class else 0.0
+
+
+def time_validation(validate_case, items: list[dict]) -> float:
+    """Seconds the final validation will take, x 1.2, timed as ``medseg train`` times its own: the first
+    ``TIMING_CASES`` validation cases through the whole validation path (sliding window, inversion, Dice) with the
+    network as it is, scaled to all cases by their preprocessed voxels."""
+    from medseg.train.schedule import TIMING_CASES
+
+    timed = items[:TIMING_CASES]
+    t0 = time.perf_counter()
+    for item in timed:
+        validate_case(item)
+    seconds = time.perf_counter() - t0
+    voxels = [math.prod(item["image"].shape[1:]) for item in items]
+    return 1.2 * seconds * sum(voxels) / sum(voxels[:len(timed)])
 
 
 def main() -> int:
@@ -242,8 +254,7 @@ def main() -> int:
         contoured = {v: n for v, n in labels.items() if v in annotated.get(item["id"], labels)}
         return dice_by_label(pred.as_tensor(), truth.as_tensor(), contoured)
 
-    shapes = [val_ds[i]["image"].shape[1:] for i in range(len(val_ds))]
-    reserve = estimate_validation(net, shapes, plan, sw_batch, overlap, dtype)
+    reserve = time_validation(validate_case, [val_ds[i] for i in range(len(val_ds))])
     usable = budget - reserve
     print(f"data cached in {time.perf_counter() - start:.0f} s ({len(train_ds)} train, {len(val_ds)} val cases); "
           f"final validation estimated {reserve:.0f} s; training until {max(usable, 0):.0f} s of {budget:.0f} s")
@@ -279,15 +290,20 @@ def main() -> int:
           f"{plan['patch_size']}, batch {plan['batch_size']}, spacing {plan['target_spacing']}, DynUNet "
           f"{plan['filters'][0]}-{plan['filters'][-1]}, {type(optimizer).__name__} lr {lr}, precision "
           f"{args.precision}, flips on axes {flip_axes or 'none'}, crop foreground {args.crop_foreground}")
-    print(f"{'label':14} {'MONAI loop':>10} {'medseg':>8} {'medseg-loop':>11} {'cases':>5}")
+    before = medseg_before(args.run, val_ids, names)
+    nan = float("nan")
+    print(f"{'label':14} {'MONAI loop':>10} {'medseg raw':>10} {'raw-loop':>8} {'medseg':>8} {'medseg-loop':>11} "
+          f"{'cases':>5}")
     for name in names:
-        ours, theirs = per_class.get(name), (medseg[0].get(name) if medseg else None)
-        diff = f"{theirs - ours:+11.4f}" if ours is not None and theirs is not None else f"{'-':>11}"
-        print(f"{name:14} {ours if ours is not None else float('nan'):10.4f} "
-              f"{theirs if theirs is not None else float('nan'):8.4f} {diff} "
+        ours, theirs = per_class.get(name, nan), (medseg[0].get(name, nan) if medseg else nan)
+        raw = before[0].get(name, nan) if before else nan
+        print(f"{name:14} {ours:10.4f} {raw:10.4f} {raw - ours:+8.4f} {theirs:8.4f} {theirs - ours:+11.4f} "
               f"{sum(name in c for c in cases.values()):5d}")
-    medseg_mean = medseg[1] if medseg else float("nan")
-    print(f"{'mean':14} {mean:10.4f} {medseg_mean:8.4f} {medseg_mean - mean:+11.4f}")
+    medseg_mean, raw_mean = (medseg[1] if medseg else nan), (before[1] if before else nan)
+    print(f"{'mean':14} {mean:10.4f} {raw_mean:10.4f} {raw_mean - mean:+8.4f} {medseg_mean:8.4f} "
+          f"{medseg_mean - mean:+11.4f}")
+    print("medseg raw: before its post-processing (rules chosen on these same cases); the verdict uses it"
+          if before else "medseg raw: not available (not the whole fold of a finished run); the verdict uses medseg")
     rate = steps / train_seconds if train_seconds else 0.0
     print(f"MONAI loop: {steps} steps, {rate:.3f} steps/s, final loss {np.mean(losses[-20:]) if losses else 0:.4f}, "
           f"validation {val_seconds:.0f} s (estimated {reserve:.0f} s), wall clock {wall:.0f} s of {budget:.0f} s")
@@ -297,14 +313,15 @@ def main() -> int:
               "validation_estimate_s": reserve, "precision": args.precision, "threads": torch.get_num_threads(),
               "machine": machine_line(load), "flip_axes": flip_axes, "crop_foreground": args.crop_foreground,
               "train_cases": len(train_ds), "loop": {"per_class": per_class, "mean": mean, "cases": cases},
-              "medseg": medseg and {"per_class": medseg[0], "mean": medseg[1], "source": medseg[2]}}
+              "medseg": medseg and {"per_class": medseg[0], "mean": medseg[1], "source": medseg[2]},
+              "medseg_before_postprocess": before and {"per_class": before[0], "mean": before[1]}}
     out = args.out or args.run.parent / f"{args.run.name}-monai-loop"
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"written {out / 'result.json'}")
     if medseg is None:
         return usage("no medseg figures to compare with (no validation.json scoring these cases, no log.jsonl)")
-    return 0 if medseg_mean > mean else 1
+    return 0 if (raw_mean if before else medseg_mean) > mean else 1
 
 
 if __name__ == "__main__":
