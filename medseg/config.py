@@ -54,7 +54,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 100
     time_budget: str | None = None  # e.g. "30m", "2h": scales the schedule to wall-clock time
-    min_steps: int = 1500  # with a time budget on a CPU: the plan is chosen to fit this many steps
+    min_steps: int = 2500  # with a time budget on a CPU: the plan is chosen to fit this many steps (see budget.py)
     iterations_per_epoch: int = 100
     batch_size: int | None = None  # null: from the plan
     patch_size: list[int] | None = None  # null: from the plan

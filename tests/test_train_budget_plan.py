@@ -50,7 +50,7 @@ def test_budget_picks_the_largest_full_resolution_patch_that_fits(openkbp, monke
         patch = getattr(plan_or_candidate, "patch_size", None) or plan_or_candidate.patch
         return 1e-6 * full.batch_size * float(np.prod(patch))
 
-    assert step(full) > allowed  # the full plan would not fit 1500 steps
+    assert step(full) > allowed  # the full plan would not fit 2500 steps
     assert choice.plan.target_spacing == full.target_spacing and step(choice.plan) <= allowed
     assert choice.plan.batch_size == full.batch_size and choice.plan.filters[0] == full.filters[0]
     larger = [c for c in choice.candidates if np.prod(c.patch) > np.prod(choice.plan.patch_size)]
@@ -80,6 +80,30 @@ def test_a_busy_moment_does_not_shrink_the_plan(openkbp, monkeypatch):
     monkeypatch.setattr(budget, "time_steps", busy_once)
     busy = budget.plan_for_budget(fp, data.channels, data.labels, config, CPU, 1800.0)
     assert timings.count(quiet.patch_size) == 2 and busy.plan == quiet
+
+
+def test_steps_are_not_bought_with_resolution(openkbp, monkeypatch):
+    """No full-resolution patch fits ``train.min_steps`` (2500) but the smallest fits 60 % of them: it is taken
+    (the plan the 1500-step floor gave), though a patch at a coarser spacing would fit all 2500."""
+    fp, data = openkbp
+    config = load_config("configs/cpu-30min.yaml", ["train.precision=fp32"])
+    rate, seconds = 2.5e-6, 1800.0
+    monkeypatch.setattr(budget, "time_steps", _seconds_per_voxel(rate))
+    choice = budget.plan_for_budget(fp, data.channels, data.labels, config, CPU, seconds)
+    full = make_plan(fp, data.channels, data.labels, config)
+
+    def allowed(steps):
+        return seconds * budget.TRAIN_SHARE / steps / budget.STEP_OVERHEAD
+
+    step = rate * choice.plan.batch_size * float(np.prod(choice.plan.patch_size))
+    assert config.train.min_steps == 2500 and allowed(2500) < step <= allowed(1500)
+    assert choice.plan.target_spacing == full.target_spacing and "(>= 1500)" in choice.reason
+    assert all(c.spacing == full.target_spacing for c in choice.candidates)  # no coarser grid was considered
+    coarser = [plan for plan, _ in budget._ladder(fp, data.channels, data.labels, config, full)
+               if plan.target_spacing != full.target_spacing]
+    assert any(rate * plan.batch_size * np.prod(plan.patch_size) <= allowed(2500) for plan in coarser)
+    measured = [c for c in choice.candidates if c.measured]
+    assert len({tuple(c.patch) for c in measured}) == len(measured) - 1  # only the recheck timed one twice
 
 
 def test_low_resolution_stage_when_no_full_resolution_patch_fits(openkbp, monkeypatch):
@@ -119,7 +143,7 @@ def test_full_plan_without_budget_on_gpu_or_with_a_set_patch(openkbp, monkeypatc
 
 def test_hippocampus_keeps_its_full_plan_in_30_minutes(data_path, monkeypatch):
     """The 30-minute hippocampus plan (40x56x40 x4, DynUNet 16-128) took 0.26 s per forward/backward step on
-    this project's 2-core AMD EPYC (bf16, 2026-11-26, load 3): well over 1500 steps fit, so time-aware planning must
+    this project's 2-core AMD EPYC (bf16, 2026-11-26, load 3): well over 2500 steps fit, so time-aware planning must
     leave the plan that reached 0.89 unchanged, and time only that one candidate. (Injected: a test must not
     depend on how busy the machine is.)"""
     data = load_dataset(data_path("hippocampus"))
@@ -129,7 +153,7 @@ def test_hippocampus_keeps_its_full_plan_in_30_minutes(data_path, monkeypatch):
     monkeypatch.setattr(budget, "time_steps", lambda *a, **k: 0.26)
     choice = budget.plan_for_budget(fp, data.channels, data.labels, config, CPU, 1800.0)
     assert choice.plan == make_plan(fp, data.channels, data.labels, config)
-    assert len(choice.candidates) == 1 and choice.candidates[0].measured and choice.candidates[0].steps >= 1500
+    assert len(choice.candidates) == 1 and choice.candidates[0].measured and choice.candidates[0].steps >= 2500
 
 
 def test_plan_command_prints_candidates_and_reason(data_path, monkeypatch):
