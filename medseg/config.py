@@ -63,6 +63,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 3e-5
     lr_schedule: str = "poly"  # poly | cosine | constant
+    warmup_steps: int = 0  # the lr rises linearly over this many first steps (0: off)
     ema: float = 0.0  # weight averaging: EMA decay per step, e.g. 0.99 (0: off; see medseg.train.averaging)
     foreground_fraction: float = 0.33
     dice_weight: float = 1.0
@@ -199,6 +200,7 @@ RANGES = {
     ("model", "max_filters"): (1, None), ("model", "deep_supervision_levels"): (0, None),
     ("train", "epochs"): (1, None), ("train", "iterations_per_epoch"): (1, None),
     ("train", "min_steps"): (1, None), ("train", "lr"): (0.0, None), ("train", "ema"): (0.0, 0.9999),
+    ("train", "warmup_steps"): (0, None),
     ("train", "weight_decay"): (0.0, None), ("train", "foreground_fraction"): (0.0, 1.0),
     ("train", "dice_weight"): (0.0, None), ("train", "ce_weight"): (0.0, None), ("train", "num_workers"): (0, None),
     ("train", "folds"): (1, None), ("train", "memory_budget_mb"): (1, None),

@@ -220,3 +220,28 @@ def test_budgeted_lr_is_a_python_float_so_checkpoints_load_weights_only(tmp_path
     save_checkpoint(tmp_path / "checkpoint.pt", {"optimizer": optimizer.state_dict()})
     loaded = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
     assert loaded == optimizer.param_groups[0]["lr"]
+
+
+def test_warmup_raises_the_lr_step_by_step_as_torch_linear_lr_does(phantoms, tmp_path, monkeypatch):
+    """``train.warmup_steps: 15`` over epochs of 10 steps: the lr of every optimiser step equals PyTorch's
+    ``LinearLR`` warm-up (start factor 1/15 over 14 steps) on the same constant schedule, across the epoch
+    boundary, and stays at ``train.lr`` after it."""
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    config = load_config(None, TINY + ["train.epochs=2", "train.lr_schedule=constant", "train.warmup_steps=15"])
+    train(phantoms, tmp_path / "run", config, fold=0)
+    reference_opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=config.train.lr)
+    warm = torch.optim.lr_scheduler.LinearLR(reference_opt, start_factor=1 / 15, total_iters=14)
+    expected = []
+    for _ in range(20):
+        expected.append(reference_opt.param_groups[0]["lr"])
+        reference_opt.step()
+        warm.step()
+    assert len(seen) == 20 and seen == pytest.approx(expected, rel=1e-9)
+    assert seen[0] == pytest.approx(config.train.lr / 15) and seen[15:] == [config.train.lr] * 5

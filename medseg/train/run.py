@@ -274,16 +274,27 @@ def _batches(config, plan: Plan, sampler: PatchSampler, ctx: Context, epoch: int
 
 
 def _train_epoch(trainer: _Trainer, config, schedule: Schedule, state: RunState, progress: float) -> dict:
-    """One epoch of steps at the learning rate for ``progress`` (cut short at the budget's deadline)."""
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = schedule.lr(progress)
+    """One epoch of steps at the learning rate for ``progress`` (cut short at the budget's deadline), times the
+    warm-up factor of each step (:meth:`Schedule.warmup`)."""
+    base, done = schedule.lr(progress), [state.step]
+
+    def set_lr() -> None:
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = base * schedule.warmup(done[0])
+
+    def after_step() -> None:
+        done[0] += 1
+        set_lr()
+        if trainer.average is not None:
+            trainer.average.update(trainer.net)
+
+    set_lr()
     epoch = state.epoch + 1
-    average = trainer.average
     stats = train_steps(trainer.model, trainer.batches, trainer.optimizer, trainer.loss_fn, trainer.device,
                         trainer.dtype, config.train.iterations_per_epoch, trainer.scaler, deadline=schedule.deadline(),
                         report=lambda done, steps, rate: log.info(f"epoch {epoch:3d}: {done}/{steps} steps, "
                                                                   f"{rate:.2f} steps/s"),
-                        on_step=None if average is None else lambda: average.update(trainer.net))
+                        on_step=after_step)
     state.step += stats["steps"]
     state.train_seconds += stats["seconds"]
     state.epoch = epoch

@@ -129,6 +129,12 @@ class Schedule:
             return tc.lr * 0.5 * (1 + math.cos(math.pi * progress))
         return tc.lr
 
+    def warmup(self, step: int) -> float:
+        """Factor on :meth:`lr` for the optimiser step numbered ``step`` (0-based, the run's whole count): rising
+        linearly to 1 over ``train.warmup_steps`` (1 / n for the first step), 1 after them or when off."""
+        n = self.train.warmup_steps
+        return min((step + 1) / n, 1.0) if n > 0 else 1.0
+
     def validates(self, state: RunState, ending: bool) -> bool:
         """Whether the epoch just done validates (see :func:`validate_now`). The ``ending`` epoch gets a pass of
         its own only when the final validation scores differently (mirroring); otherwise the final validation
