@@ -80,6 +80,20 @@ def test_a_network_fresh_from_a_training_step_is_measured(tmp_path, monkeypatch)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+def test_measuring_runs_in_eval_mode_and_leaves_the_callers_mode(tmp_path, monkeypatch):
+    """A network in training mode with batch norm: the measurement runs in eval mode (the running statistics do not
+    move) and every layer is back in training mode after it (the timed copy shares the layers)."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(batching, "_memo", {})
+    torch.manual_seed(0)
+    net = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                  filters=[8, 16, 32], norm_name="batch").train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert windows_per_call(net, CPU, None, (1, 16, 16, 16), sw_batch_size=2) in batching.CANDIDATES
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats unchanged
+    assert all(module.training for module in net.modules())
+
+
 @pytest.mark.parametrize("best,flips,expected", [(2, 8, (1, 2)), (4, 4, (1, 4)), (4, 2, (1, 2)), (4, 1, (4, 1)),
                                                  (1, 8, (1, 1))])
 def test_mirroring_spends_the_batch_on_flips_of_one_window(best, flips, expected, monkeypatch):

@@ -53,10 +53,7 @@ def windows_per_call(net: torch.nn.Module, device: torch.device, dtype: torch.dt
     path = _cache_path().with_name(_CACHE_NAME)
     cache = _read_cache(path)
     if key not in cache:
-        # timed on a shallow copy (the same weights and layers): the caller's module object, and anything it counts,
-        # sees no call; a deep copy fails on a network that keeps tensors of its last training forward (DynUNet's
-        # deep-supervision heads)
-        timed = measure(copy.copy(net).eval(), device, dtype, window)
+        timed = _measure_in_eval(net, device, dtype, window)
         cache[key] = {"batch": choose_batch(timed), "ms_per_window": timed}
         log.info("windows per network call on %s: %d (ms per window %s); cached in %s", cpu_model(),
                  cache[key]["batch"], ", ".join(f"{b}: {ms:.0f}" for b, ms in timed.items()), path)
@@ -64,6 +61,20 @@ def windows_per_call(net: torch.nn.Module, device: torch.device, dtype: torch.dt
             write_text_atomic(path, json.dumps(cache, indent=1))
     _memo[key] = int(cache[key]["batch"])
     return _memo[key]
+
+
+def _measure_in_eval(net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
+                     window: tuple[int, ...]) -> dict[int, float]:
+    """:func:`measure` on a shallow copy of ``net`` (the same weights and layers) in eval mode: the caller's module
+    object, and anything it counts, sees no call (a deep copy fails on a network that keeps tensors of its last
+    training forward: DynUNet's deep-supervision heads), and every layer's train/eval mode is restored after (the
+    copy shares them)."""
+    modes = [(module, module.training) for module in net.modules()]
+    try:
+        return measure(copy.copy(net).eval(), device, dtype, window)
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @torch.no_grad()

@@ -205,16 +205,13 @@ def _time_validation(trainer: _Trainer, config, plan: Plan, val_set: ValidationS
     whose first epoch reached the deadline then spent 437 s on the final validation against 135 s kept, and ran
     18.5 minutes (AMD EPYC Zen 3, 2 cores, 2026-12-07). The windows-per-call measurement (once per machine) is
     taken first, outside the timing."""
-    subset = schedule.validation_cases(val_set)
     windows_per_call(trainer.scored, trainer.device, trainer.dtype, (plan.in_channels, *plan.patch_size),
                      config.infer.sw_batch_size)
-    v0 = time.perf_counter()
-    validate([trainer.scored], subset.shard(ctx.rank, ctx.world), plan,
-             inference_settings(config, plan, config.train.val_mirror), trainer.device, trainer.dtype)
-    schedule.timed(time.perf_counter() - v0, subset.extent() / val_set.extent())
+    subset, _ = _validate_timed(trainer, config, plan, val_set, schedule, ctx)
     log.info(f"validation timed before training: {schedule.val_seconds:.0f} s per pass (estimated from "
              f"{len(subset.ids)} case{'s' if len(subset.ids) > 1 else ''})")
-    if ctx.main and schedule.deadline() is not None and schedule.deadline() <= time.perf_counter():
+    deadline = schedule.deadline()
+    if ctx.main and deadline is not None and deadline <= time.perf_counter():
         log.warning(f"the time budget leaves no time to train: the final validation ({schedule.passes} pass"
                     f"{'es' if schedule.passes > 1 else ''} of ~{schedule.val_seconds:.0f} s) fills it; one epoch "
                     f"of one step runs")
@@ -310,14 +307,21 @@ def _validate_epoch(trainer: _Trainer, config, plan: Plan, val_set: ValidationSe
         state, time.perf_counter() - t0) >= 1.0
     if not ctx.broadcast(schedule.validates(state, ending)):
         return None
+    subset, cases = _validate_timed(trainer, config, plan, val_set, schedule, ctx)
+    return summarise(cases, plan.foreground_names) if len(subset.ids) == len(val_set.ids) else None
+
+
+def _validate_timed(trainer: _Trainer, config, plan: Plan, val_set: ValidationSet, schedule: Schedule,
+                    ctx: Context) -> tuple[ValidationSet, dict]:
+    """Validate the cases the schedule asks for (:meth:`Schedule.validation_cases`), every rank its share, and
+    give the schedule the time it took; the cases validated and every rank's scores by case."""
     v0 = time.perf_counter()
     subset = schedule.validation_cases(val_set)
     settings = inference_settings(config, plan, config.train.val_mirror)
     shares = ctx.gather(validate([trainer.scored], subset.shard(ctx.rank, ctx.world), plan, settings, trainer.device,
                                  trainer.dtype))
     schedule.timed(time.perf_counter() - v0, subset.extent() / val_set.extent())
-    cases = {case: scores for part in shares for case, scores in part.items()}
-    return summarise(cases, plan.foreground_names) if len(subset.ids) == len(val_set.ids) else None
+    return subset, {case: scores for part in shares for case, scores in part.items()}
 
 
 def _end_epoch(trainer: _Trainer, out: Path, schedule: Schedule, state: RunState, stats: dict, scores: dict | None,
