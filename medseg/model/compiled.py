@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.model.device import _cache_path, autocast, cpu_model
+from medseg.model.device import _cache_path, autocast, compile_allowed, cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def compiled_forward(net: torch.nn.Module, device: torch.device, dtype: torch.dt
     process, with a timeout) when the job runs at least :data:`MIN_COMPILE_WINDOWS` network forwards.
     The returned function takes a contiguous float32 batch of exactly ``batch_shape`` and returns float32 logits.
     """
-    if device.type != "cpu" or os.environ.get("MEDSEG_COMPILE", "1").strip().lower() in ("0", "off", "false"):
+    if device.type != "cpu" or not compile_allowed():
         return None
     key = _key(net, dtype, batch_shape)
     if key not in _loaded:

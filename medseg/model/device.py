@@ -75,6 +75,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def compile_allowed() -> bool:
+    """False when ``MEDSEG_COMPILE`` is ``0``, ``off`` or ``false``: every compilation (training network and
+    loss, inference packages) is then left out."""
+    return os.environ.get("MEDSEG_COMPILE", "1").strip().lower() not in ("0", "off", "false")
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), for figures and cache keys."""
     with contextlib.suppress(OSError):

@@ -27,13 +27,14 @@ compiler, a backend error) the eager loss takes over for the rest of the run.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
+
+from medseg.model.device import compile_allowed
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ def training_loss(dice_weight: float, ce_weight: float, batch_dice: bool, steps:
     """The loss ``medseg train`` optimises: :func:`marginal_dice_ce` with the config's weights, compiled
     (:class:`_Compiled`) when the run is expected to take ``steps`` >= :data:`COMPILE_MIN_STEPS` and
     ``MEDSEG_COMPILE`` is not ``0``."""
-    off = os.environ.get("MEDSEG_COMPILE", "1").strip().lower() in ("0", "off", "false")
-    if off or steps < COMPILE_MIN_STEPS:
+    if not compile_allowed() or steps < COMPILE_MIN_STEPS:
         return partial(marginal_dice_ce, lambda_dice=dice_weight, lambda_ce=ce_weight, batch=batch_dice)
     return _Compiled(dice_weight, ce_weight, batch_dice)
 

@@ -39,6 +39,7 @@ from medseg.preprocess.plan import Plan
 from medseg.train.augment import source_size
 from medseg.train.averaging import WeightAverage
 from medseg.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from medseg.train.compiled import training_network
 from medseg.train.data import load_or_plan, prepare_cases, refuse_bad_dataset
 from medseg.train.finish import clock, final_validation, seal_and_summarise, tune_postprocess
 from medseg.train.loop import BatchStream, train_steps
@@ -154,7 +155,8 @@ def _precision(config, plan, dev, ctx: Context) -> torch.dtype | None:
 
 @dataclass
 class _Trainer:
-    """What the epochs share: the network (``model`` is it wrapped in DistributedDataParallel under torchrun),
+    """What the epochs share: the network (``model`` is what the steps call: it wrapped in DistributedDataParallel
+    under torchrun, or compiled, :func:`~medseg.train.compiled.training_network`),
     optimiser, loss, patch sampler and batch stream, device and autocast dtype, and the weight average
     (``train.ema``), when there is one."""
 
@@ -223,12 +225,13 @@ def _trainer(config, plan: Plan, train_data, dev, dtype, ctx: Context) -> _Train
     optimizer = _optimizer(net, tc)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and dev.type == "cuda" else None
     # DiceCE, marginal over each case's uncontoured classes (plain DiceCE when every class is contoured)
-    loss_fn = training_loss(tc.dice_weight, tc.ce_weight, tc.batch_dice, _expected_steps(tc))
+    steps = _expected_steps(tc)
+    loss_fn = training_loss(tc.dice_weight, tc.ce_weight, tc.batch_dice, steps)
     classes = list(range(1, len(plan.labels)))  # cached labels are class indices 0..K-1
     images, labels, contoured = train_data
     sampler = PatchSampler(images, labels, plan.patch_size, classes, tc.foreground_fraction, _rank_seed(tc, ctx),
                            contoured, source_size(plan.patch_size, config.augment))
-    model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else net
+    model = torch.nn.parallel.DistributedDataParallel(net) if ctx.active else training_network(net, dev, steps)
     average = WeightAverage(net, tc.ema) if tc.ema > 0 else None
     return _Trainer(net, model, optimizer, scaler, loss_fn, sampler, dev, dtype, average=average)
 
