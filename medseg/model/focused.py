@@ -70,15 +70,22 @@ def focused_probabilities(model, image: np.ndarray, patch_size, device: torch.de
                 sums[(slice(None), *w)] += weight * values
                 counts[(slice(None), *w)] += weight
         ran.update(todo)
-        near = _near_foreground(sums)
-        todo = [k for k, w in enumerate(windows) if k not in ran and bool(near[w].any())]
+        foreground = _foreground(sums)
+        todo = [k for k, w in enumerate(windows) if k not in ran and bool(foreground[_grown(w)].any())]
     log.debug("focused pass: %d of %d windows in %d rounds", len(ran), len(windows), rounds)
     probs = torch.softmax(sums / counts.clamp_min(torch.finfo(torch.float32).tiny), dim=0)
     return probs[(slice(None), *grid.keep)].cpu().numpy().astype(np.float16)
 
 
-def _near_foreground(sums: torch.Tensor) -> torch.Tensor:
-    """Voxels whose blended logits ``sums`` ``(K, x, y, z)`` argmax to a foreground class, grown by one voxel
-    (26-neighbourhood), as a ``(x, y, z)`` bool tensor."""
-    foreground = (sums.argmax(dim=0) != 0).float()[None, None]
-    return torch.nn.functional.max_pool3d(foreground, 3, stride=1, padding=1)[0, 0] > 0
+def _foreground(sums: torch.Tensor) -> torch.Tensor:
+    """Voxels whose blended logits ``sums`` ``(K, x, y, z)`` argmax to a foreground class, as a ``(x, y, z)`` bool
+    tensor. argmax picks the first of tied maxima, so "argmax is not 0" is "some class beats background": torch's
+    argmax over the leading dim took 0.87 s on a 3x168x200x168 volume, this 0.013 s (Intel Xeon with AMX, 2 cores,
+    2026-12-07), a quarter of the focused pass's time on a 294-window volume."""
+    return sums[1:].amax(dim=0) > sums[0]
+
+
+def _grown(window: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``window`` grown by one voxel on every side (clipped at 0; slicing clips the far end): a window whose grown
+    box holds a foreground voxel is one that holds a foreground voxel or its 26-neighbour."""
+    return tuple(slice(max(w.start - 1, 0), w.stop + 1) for w in window)
