@@ -1,13 +1,14 @@
 """Sliding-window prediction: the rolling pass over large volumes equals one whole-volume pass (bounded memory,
 each window once), MONAI's window count, and the compiled network (same answer, cached, eager fallback)."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from medseg.model.sliding import predict_probabilities, window_count
+from medseg.model.sliding import call_batches, predict_probabilities, window_count
 
 
 @pytest.mark.parametrize("overlap", [0.5, 0.25])
@@ -72,11 +73,14 @@ def test_window_count_is_monais(shape, overlap):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None, reason="AOTInductor needs a C++ compiler")
 def test_compiled_network_matches_eager_and_is_cached(tmp_path, monkeypatch):
-    """A compiled package gives the eager probabilities, is kept on disk and loaded (not recompiled) later."""
+    """A compiled package gives the eager probabilities, is kept on disk and loaded (not recompiled) later; for a
+    batch of several windows, the package for it and the one for a single window are both compiled and timed
+    against the eager network, and the fastest is cached and used."""
     from medseg.model import compiled
 
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compiled, "_loaded", {})  # nothing loaded by another test
+    monkeypatch.setattr(compiled, "_chosen", {})
     image = np.random.default_rng(0).normal(size=(1, 24, 20, 40)).astype(np.float32)
     cpu = torch.device("cpu")
     monkeypatch.setenv("MEDSEG_COMPILE", "0")
@@ -84,7 +88,13 @@ def test_compiled_network_matches_eager_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEG_COMPILE", "1")
     monkeypatch.setattr(compiled, "MIN_COMPILE_WINDOWS", 0)
     first = predict_probabilities(_tiny_net(), image, [16, 16, 16], cpu)
-    assert len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
+    batch = call_batches(_tiny_net(), cpu, None, (1, 16, 16, 16), 2)[0]
+    assert len(list((tmp_path / "compiled").glob("*.pt2"))) == (1 if batch == 1 else 2)
+    if batch > 1:
+        (choice,) = json.loads((tmp_path / "compiled_batch.json").read_text()).values()
+        fastest = min(choice["ms_per_window"], key=choice["ms_per_window"].get)
+        assert set(choice["ms_per_window"]) == {"eager", "1", str(batch)}
+        assert choice["batch"] == (None if fastest == "eager" else int(fastest))
     assert np.abs(first.astype(np.float32) - eager.astype(np.float32)).max() <= 2e-3
     compiled._loaded.clear()
     monkeypatch.setattr(compiled, "_run_compiler", lambda *a: pytest.fail("recompiled a cached network"))
@@ -99,6 +109,7 @@ def test_failed_compilation_predicts_eagerly_and_is_not_retried(tmp_path, monkey
 
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compiled, "_loaded", {})
+    monkeypatch.setattr(compiled, "_chosen", {})
     monkeypatch.setattr(compiled, "MIN_COMPILE_WINDOWS", 0)
     calls = []
     monkeypatch.setattr(compiled, "_run_compiler", lambda *a: calls.append(a) or "compilation took over 1 s")

@@ -47,7 +47,7 @@ def windows_per_call(net: torch.nn.Module, device: torch.device, dtype: torch.dt
     precision cache)."""
     if device.type != "cpu":
         return sw_batch_size
-    key = _key(net, dtype, window)
+    key = speed_key(net, dtype, window)
     if key in _memo:
         return _memo[key]
     path = _cache_path().with_name(_CACHE_NAME)
@@ -96,9 +96,10 @@ def measure(forward: Callable[[torch.Tensor], torch.Tensor], device: torch.devic
     return timed
 
 
-def _key(net: torch.nn.Module, dtype: torch.dtype | None, window: tuple[int, ...]) -> str:
-    """The architecture (class, parameter names and shapes: not the weights), precision, window, and the machine:
-    CPU name and instruction set (cloud CPUs of different generations can share a name), threads, torch."""
+def speed_key(net: torch.nn.Module, dtype: torch.dtype | None, window: tuple[int, ...]) -> str:
+    """What a network's speed depends on, for caching a measurement of it: the architecture (class, parameter
+    names and shapes: not the weights), precision, window (or batch) shape, and the machine: CPU name and
+    instruction set (cloud CPUs of different generations can share a name), threads, torch."""
     shapes = [(name, tuple(p.shape)) for name, p in net.named_parameters()]
     text = json.dumps([type(net).__name__, shapes, str(dtype), list(window), cpu_model(),
                        torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), torch.__version__])
