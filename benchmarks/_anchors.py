@@ -92,8 +92,9 @@ def medseg_rows(predictor, model: Path, inputs: Path, out: Path,
                 fp32: bool) -> tuple[dict[str, Callable[[], None]], float | None]:
     """medseg's whole-path rows for ``predictor`` (loaded from ``model``): fp32 eager (with ``fp32``), eager with
     every window (``--full-pass``), eager and compiled at its precision (focused, the default); the network is
-    compiled once here, before any timing (its seconds are returned, None where compiling failed and the compiled
-    row is left out). Outputs go to ``out/<fp32|full|eager|compiled>``."""
+    compiled once here, before any timing (its seconds are returned, None where compiling failed or the eager
+    network was measured faster than every package, and the compiled row is left out). Outputs go to
+    ``out/<fp32|full|eager|compiled>``."""
     from medseg.model.compiled import compiled_forward
     from medseg.model.sliding import call_batches
 
