@@ -31,7 +31,7 @@ CANDIDATES = (1, 2, 4)
 # A larger batch is kept only when it is at least this much faster per window.
 MIN_GAIN = 1.1
 _CACHE_NAME = "window_batch.json"
-_memo: dict[str, int] = {}
+_memo: dict[str, dict] = {}
 
 
 def choose_batch(ms_per_window: dict[int, float]) -> int:
@@ -47,20 +47,33 @@ def windows_per_call(net: torch.nn.Module, device: torch.device, dtype: torch.dt
     precision cache)."""
     if device.type != "cpu":
         return sw_batch_size
-    key = speed_key(net, dtype, window)
-    if key in _memo:
-        return _memo[key]
-    path = _cache_path().with_name(_CACHE_NAME)
+
+    def measure_batch() -> dict:
+        timed = _measure_in_eval(net, device, dtype, window)
+        log.info("windows per network call on %s: %d (ms per window %s); cached in %s", cpu_model(),
+                 choose_batch(timed), ", ".join(f"{b}: {ms:.0f}" for b, ms in timed.items()), _CACHE_NAME)
+        return {"batch": choose_batch(timed), "ms_per_window": timed}
+
+    return int(cached_record(_CACHE_NAME, speed_key(net, dtype, window), _memo, measure_batch)["batch"])
+
+
+def cached_record(name: str, key: str, memo: dict[str, dict], measure: Callable[[], dict | None]) -> dict | None:
+    """Record ``key`` of the JSON cache ``name`` beside the precision cache, remembered in ``memo`` for the process;
+    ``measure()`` makes it and it is stored when absent (None: nothing stored, None returned). A read-only cache
+    directory only costs a measurement next time."""
+    if key in memo:
+        return memo[key]
+    path = _cache_path().with_name(name)
     cache = _read_cache(path)
     if key not in cache:
-        timed = _measure_in_eval(net, device, dtype, window)
-        cache[key] = {"batch": choose_batch(timed), "ms_per_window": timed}
-        log.info("windows per network call on %s: %d (ms per window %s); cached in %s", cpu_model(),
-                 cache[key]["batch"], ", ".join(f"{b}: {ms:.0f}" for b, ms in timed.items()), path)
-        with contextlib.suppress(OSError, MedsegError):  # a read-only home only costs a measurement next time
+        record = measure()
+        if record is None:
+            return None
+        cache[key] = record
+        with contextlib.suppress(OSError, MedsegError):
             write_text_atomic(path, json.dumps(cache, indent=1))
-    _memo[key] = int(cache[key]["batch"])
-    return _memo[key]
+    memo[key] = cache[key]
+    return memo[key]
 
 
 def _measure_in_eval(net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,

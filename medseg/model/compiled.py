@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -35,10 +34,8 @@ from pathlib import Path
 
 import torch
 
-from medseg.errors import MedsegError
-from medseg.io.atomic import write_text_atomic
-from medseg.model.batching import speed_key
-from medseg.model.device import _cache_path, _read_cache, autocast, compile_allowed, cpu_model
+from medseg.model.batching import cached_record, speed_key
+from medseg.model.device import _cache_path, autocast, compile_allowed, cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ MIN_COMPILE_WINDOWS = 1500
 COMPILE_TIMEOUT_S = 180.0
 
 _CHOICE_NAME = "compiled_batch.json"
-_chosen: dict[str, int | None] = {}
+_chosen: dict[str, dict] = {}
 _loaded: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 _digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -110,29 +107,23 @@ def _package_batch(net: torch.nn.Module, dtype: torch.dtype | None, batch_shape:
     size = batch_shape[0]
     if size == 1:
         return 1
-    key = speed_key(net, dtype, batch_shape)
-    if key in _chosen:
-        return _chosen[key]
-    path = _cache_path().with_name(_CHOICE_NAME)
-    cache = _read_cache(path)
-    if key not in cache:
+    def measure_batch() -> dict | None:
         if windows < MIN_COMPILE_WINDOWS:
-            return size
+            return None
         own = _package(net, dtype, batch_shape, windows)
         if own is None:  # no compiler, or no export: the single window's package would fail the same way
-            return size
+            return None
         single = _package(net, dtype, (1, *batch_shape[1:]), windows)
         packages = {str(size): own} if single is None else {str(size): own, "1": single}
         timed = _ms_per_window(net, dtype, batch_shape, packages)
         best = min(timed, key=timed.get)
-        cache[key] = {"batch": None if best == "eager" else int(best), "ms_per_window": timed}
         log.info("compiled inference on %s: %s (ms per window %s); cached in %s", cpu_model(),
                  "eager" if best == "eager" else f"package for {best} window(s)",
-                 ", ".join(f"{n}: {ms:.1f}" for n, ms in timed.items()), path)
-        with contextlib.suppress(OSError, MedsegError):  # a read-only home only costs a measurement next time
-            write_text_atomic(path, json.dumps(cache, indent=1))
-    _chosen[key] = cache[key]["batch"]
-    return _chosen[key]
+                 ", ".join(f"{n}: {ms:.1f}" for n, ms in timed.items()), _CHOICE_NAME)
+        return {"batch": None if best == "eager" else int(best), "ms_per_window": timed}
+
+    record = cached_record(_CHOICE_NAME, speed_key(net, dtype, batch_shape), _chosen, measure_batch)
+    return size if record is None else record["batch"]
 
 
 @torch.no_grad()
