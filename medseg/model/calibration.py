@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
+
+from medseg.preprocess.half import as_float32
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 VOXELS_PER_CASE = 200_000  # foreground (truth or prediction) voxels kept per case, as many background ones again
@@ -26,14 +29,12 @@ EPS = 1e-12  # log(0) guard; float32 holds it (float16 probabilities underflow t
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities ``(K, ...)`` at ``temperature`` (1: unchanged), summing to 1 over axis 0, in their own
-    dtype (float32 temporaries)."""
+    dtype (float32 temporaries, in torch: numpy's float16 casts are slow, :mod:`medseg.preprocess.half`)."""
     if temperature == 1.0:
         return probs
-    logp = np.log(np.clip(probs.astype(np.float32), EPS, 1.0)) / np.float32(temperature)
-    logp -= logp.max(axis=0, keepdims=True)
-    np.exp(logp, out=logp)
-    logp /= logp.sum(axis=0, keepdims=True)
-    return logp.astype(probs.dtype, copy=False)
+    logp = torch.log(as_float32(probs).clamp(EPS, 1.0)) / float(temperature)
+    tempered = torch.softmax(logp, dim=0)
+    return tempered.to(torch.from_numpy(np.empty(0, probs.dtype)).dtype).numpy()
 
 
 def expected_dice(probs: np.ndarray, label: np.ndarray, values: list[int]) -> dict[int, float]:

@@ -24,6 +24,7 @@ import torch
 
 from medseg.model.device import autocast
 from medseg.model.windows import gaussian_weight, window_batch, window_grid
+from medseg.preprocess.half import to_float16
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def focused_probabilities(model, image: np.ndarray, patch_size, device: torch.de
         todo = [k for k, w in enumerate(windows) if k not in ran and bool(foreground[_grown(w)].any())]
     log.debug("focused pass: %d of %d windows in %d rounds", len(ran), len(windows), rounds)
     probs = torch.softmax(sums / counts.clamp_min(torch.finfo(torch.float32).tiny), dim=0)
-    return probs[(slice(None), *grid.keep)].cpu().numpy().astype(np.float16)
+    return to_float16(probs[(slice(None), *grid.keep)])
 
 
 def _foreground(sums: torch.Tensor) -> torch.Tensor:

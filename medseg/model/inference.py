@@ -18,6 +18,7 @@ from medseg.errors import MedsegError
 from medseg.model.calibration import expected_dice, temper
 from medseg.model.sliding import predict_probabilities
 from medseg.postprocess import ComponentRule, postprocess
+from medseg.preprocess.half import to_float16
 from medseg.preprocess.pipeline import Trace, preprocess, restore_labels, restore_probabilities
 from medseg.preprocess.plan import Plan
 from medseg.types import Volume
@@ -89,7 +90,8 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
                                   sw_batch_size=settings.sw_batch_size, mirror=settings.mirror,
                                   mirror_axes=plan.mirror_axes, focus=settings.focus and 0 in labels)
         probs = p if probs is None else probs + p
-    probs /= len(nets)
+    if len(nets) > 1:
+        probs /= len(nets)
     values = sorted(labels)
     tempered = temper(probs, settings.temperature)
     quality = expected_dice(tempered, np.asarray(values)[probs.argmax(axis=0)], values)
@@ -97,7 +99,7 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
     t = time.perf_counter()
     # labels from the untempered probabilities: resampling tempered ones to the input grid would move boundaries
     label = restore_labels(probs, trace, values)
-    full_probs = restore_probabilities(tempered, trace).astype(np.float16) if probabilities else None
+    full_probs = to_float16(restore_probabilities(tempered, trace)) if probabilities else None
     del tempered
     timings["restore"] = time.perf_counter() - t
     t = time.perf_counter()

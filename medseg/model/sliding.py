@@ -29,6 +29,7 @@ from medseg.model.compiled import compiled_forward
 from medseg.model.device import autocast
 from medseg.model.focused import focused_probabilities
 from medseg.model.windows import gaussian_weight, window_batch, window_grid
+from medseg.preprocess.half import to_float16
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def predict_probabilities(
     elif focus:
         probs = focused_probabilities(model, image, patch_size, device, dtype, overlap, batch)
     else:
-        probs = _predict_block(model, image, patch_size, device, dtype, overlap, batch).astype(np.float16)
+        probs = to_float16(_predict_block(model, image, patch_size, device, dtype, overlap, batch))
     if reuse_constant:
         log.debug("%d of %d windows held one value per channel: %d network calls for them",
                   model.reused + model.computed, model.windows, model.computed)
@@ -167,7 +168,7 @@ def _rolling_pass(model, image: np.ndarray, patch_size, axis: int, device, dtype
             probs = torch.softmax(sums.narrow(axis + 1, 0, done) / counts.narrow(axis + 1, 0, done), dim=0)
             rows = _with(keep, axis, slice(None))
             target = _with((slice(None),) * len(shape), axis, slice(low - pads[axis][0], nxt - pads[axis][0]))
-            out[(slice(None), *target)] = probs[(slice(None), *rows)].cpu().numpy()
+            out[(slice(None), *target)] = to_float16(probs[(slice(None), *rows)])
             sums, counts = sums.narrow(axis + 1, done, sums.shape[axis + 1] - done), counts.narrow(
                 axis + 1, done, counts.shape[axis + 1] - done)
             low = nxt
@@ -238,9 +239,9 @@ def _mirrored(forward: Callable[[torch.Tensor], torch.Tensor], flips: list[tuple
     return mirrored
 
 
-def _predict_block(model, image, patch_size, device, dtype, overlap, sw_batch_size) -> np.ndarray:
+def _predict_block(model, image, patch_size, device, dtype, overlap, sw_batch_size) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     with autocast(device, dtype):
         logits = sliding_window_inference(x, list(patch_size), sw_batch_size, model, overlap=overlap,
                                           mode="gaussian")
-    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    return torch.softmax(logits.float(), dim=1)[0]

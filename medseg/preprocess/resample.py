@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.preprocess.half import as_float32, not_background
+
 Kernel = Literal["cubic", "linear"]
 
 
@@ -139,7 +141,7 @@ def argmax_restored(scores: np.ndarray, new_shape) -> np.ndarray:
     """
     new_shape = tuple(int(n) for n in new_shape)
     out = np.zeros(new_shape, dtype=np.int16)
-    found = scores.argmax(axis=0) != 0
+    found = not_background(scores)
     if not found.any():
         return out
     taps = [_linear_taps(n_in, n_out) for n_in, n_out in zip(scores.shape[1:], new_shape, strict=True)]
@@ -147,7 +149,7 @@ def argmax_restored(scores: np.ndarray, new_shape) -> np.ndarray:
     weights, inputs = zip(*(_tap_matrix(*tap, rows) for tap, rows in zip(taps, region, strict=True)), strict=True)
     best = index = None
     for k in range(scores.shape[0]):
-        x = torch.from_numpy(np.ascontiguousarray(scores[k][inputs], dtype=np.float32))
+        x = as_float32(scores[k][inputs])
         x = (weights[0] @ x.reshape(x.shape[0], -1)).reshape(-1, *x.shape[1:])
         x = torch.matmul(weights[1], x) @ weights[2].T
         if best is None:
