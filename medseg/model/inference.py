@@ -29,12 +29,14 @@ class InferenceSettings:
     """What changes a result besides the weights: sliding-window overlap, mirroring and post-processing; and
     the temperature the probabilities are calibrated with (:mod:`medseg.model.calibration`; no label changes).
     ``focus``: only the windows that can reach the foreground run (:mod:`medseg.model.focused`; the labels are the
-    plain pass's, background probabilities far from the foreground average fewer windows)."""
+    plain pass's, background probabilities far from the foreground average fewer windows). ``compile``: a job
+    large enough may compile the network for CPU inference (:mod:`medseg.model.compiled`)."""
 
     overlap: float = 0.5
     mirror: bool = False
     sw_batch_size: int = 2
     focus: bool = True
+    compile: bool = True
     rules: dict[int, ComponentRule] = field(default_factory=dict)
     temperature: float = 1.0
 
@@ -88,7 +90,8 @@ def predict_volume(nets: list[torch.nn.Module], volume: Volume, plan: Plan, sett
     for net in nets:
         p = predict_probabilities(net, data, plan.patch_size, device, dtype, overlap=settings.overlap,
                                   sw_batch_size=settings.sw_batch_size, mirror=settings.mirror,
-                                  mirror_axes=plan.mirror_axes, focus=settings.focus and 0 in labels)
+                                  mirror_axes=plan.mirror_axes, focus=settings.focus and 0 in labels,
+                                  compile=settings.compile)
         probs = p if probs is None else probs + p
     if len(nets) > 1:
         probs /= len(nets)

@@ -52,6 +52,7 @@ def predict_probabilities(
     mirror_axes: Sequence[int] = (0, 1, 2),
     reuse_constant: bool = True,
     focus: bool = False,
+    compile: bool = True,
 ) -> np.ndarray:
     """Softmax probabilities ``(K, x, y, z)`` float16 for a preprocessed ``(C, x, y, z)`` image.
 
@@ -74,6 +75,8 @@ def predict_probabilities(
         focus: Only the windows that can reach the foreground (class 0 is background) go through the network
             (:mod:`medseg.model.focused`: the plain pass's labels, fewer windows); volumes that take the rolling
             pass run every window.
+        compile: On CPU, a compiled package of the network may run the windows
+            (:func:`medseg.model.compiled.compiled_forward`); False keeps the eager network.
     """
     shape = image.shape[1:]
     axis = int(np.argmax(shape))
@@ -81,7 +84,8 @@ def predict_probabilities(
     flips = mirror_flips(mirror_axes) if mirror else [()]
     forwards = window_count(shape, patch_size, overlap) * len(flips)
     batch, per_call = call_batches(net, device, dtype, (image.shape[0], *patch_size), sw_batch_size, len(flips))
-    compiled = compiled_forward(net, device, dtype, (batch * per_call, image.shape[0], *patch_size), forwards)
+    compiled = compiled_forward(net, device, dtype, (batch * per_call, image.shape[0], *patch_size),
+                                forwards) if compile else None
     forward = net if compiled is None else _exact_batch(compiled, batch * per_call)
     model = _mirrored(forward, flips, per_call) if mirror else forward
     if reuse_constant:
