@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     lr_schedule: str = "poly"  # poly | cosine | constant
     warmup_steps: int = 0  # the lr rises linearly over this many first steps (0: off)
+    snapshot_every: str | None = None  # e.g. "10m": weights kept at that interval (medseg.train.snapshots)
     ema: float = 0.0  # weight averaging: EMA decay per step, e.g. 0.99 (0: off; see medseg.train.averaging)
     foreground_fraction: float = 0.33
     dice_weight: float = 1.0
@@ -224,6 +225,7 @@ def _check_values(config: RunConfig, where: str) -> None:
             bounds = f">= {low}" if high is None else f"between {low} and {high}"
             raise MedsegError(f"{where}: '{section}.{key}' is {value}; it must be {bounds}")
     parse_duration(config.train.time_budget)
+    parse_duration(config.train.snapshot_every)
     if config.train.split_group is not None:
         try:
             re.compile(str(config.train.split_group))

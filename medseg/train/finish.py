@@ -121,7 +121,7 @@ def tune_postprocess(run_dir, dataset_path, device: str = "auto") -> dict:
     folder = ModelFolder(run_dir)
     folder.check()
     plan, config = folder.load_plan(), folder.load_config()
-    val_ids = _validation_ids(folder.path)
+    val_ids = validation_ids(folder.path)
     dataset = load_dataset(dataset_path)
     if missing := sorted(set(val_ids) - {c.id for c in dataset.cases}):
         raise MedsegError(f"{len(missing)} validation case(s) of the run are not in this dataset (e.g. "
@@ -134,7 +134,7 @@ def tune_postprocess(run_dir, dataset_path, device: str = "auto") -> dict:
     return result
 
 
-def _validation_ids(run: Path) -> list[str]:
+def validation_ids(run: Path) -> list[str]:
     """The run's validation fold: the split in splits.json whose validation cases validation.json scored."""
     try:
         scored = set(json.loads((run / "validation.json").read_text())["cases"])

@@ -47,6 +47,7 @@ from medseg.train.losses import training_loss
 from medseg.train.progress_plot import update_progress_png
 from medseg.train.sampling import PatchSampler
 from medseg.train.schedule import RunState, Schedule
+from medseg.train.snapshots import save_snapshot, snapshot_due
 from medseg.train.splits import split_cases
 from medseg.train.validation import ValidationSet, inference_settings, load_validation, summarise, validate
 
@@ -333,14 +334,16 @@ def _end_epoch(trainer: _Trainer, out: Path, schedule: Schedule, state: RunState
     state.elapsed = time.perf_counter() - schedule.start
     losses = ctx.gather(stats["loss"])
     if ctx.main:
-        _after_epoch(out, trainer, state, stats, scores, losses, t0, ctx.world)
+        _after_epoch(out, trainer, state, stats, scores, losses, t0, ctx.world,
+                     parse_duration(schedule.train.snapshot_every))
         log.info(_progress_line(out / "log.jsonl", schedule.progress(state), schedule.start))
     return ctx.broadcast(state)
 
 
 def _after_epoch(out: Path, trainer: _Trainer, state: RunState, stats: dict, scores: dict | None,
-                 losses: list, t0: float, world: int) -> None:
-    """Rank 0 after each epoch: best weights (on validated epochs), the resumable checkpoint, the log line."""
+                 losses: list, t0: float, world: int, snapshot_every: float | None) -> None:
+    """Rank 0 after each epoch: best weights (on validated epochs), the resumable checkpoint, a snapshot when one
+    is due (:mod:`medseg.train.snapshots`), the log line."""
     net, optimizer = trainer.net, trainer.optimizer
     if scores is not None:
         state.validated = state.epoch
@@ -352,6 +355,8 @@ def _after_epoch(out: Path, trainer: _Trainer, state: RunState, stats: dict, sco
     if trainer.average is not None:
         checkpoint["average"] = trainer.average.state_dict()
     save_checkpoint(out / "checkpoint_last.pt", checkpoint)
+    if snapshot_due(state.elapsed, time.perf_counter() - t0, snapshot_every):
+        save_snapshot(out, trainer.scored, state.epoch, state.step, state.elapsed)
     record = {"epoch": state.epoch, "step": state.step, "loss": float(np.mean(losses)),
               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
               "data_wait_fraction": stats["data_wait_fraction"], "elapsed": state.elapsed, "ranks": world}
