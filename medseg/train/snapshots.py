@@ -4,9 +4,9 @@ A run whose validation pass does not fit between epochs (a 36-CT OpenKBP fold ta
 more than the 10 % share validation may take) has no Dice-over-time record in ``log.jsonl``. With
 ``train.snapshot_every: 10m`` the network's weights (the weight average's, when there is one: what
 validation scores) are kept after the first epoch that ends past each multiple of the interval, in
-``snapshots/epoch_NNNN.pt`` of the run folder, and ``benchmarks/time_to_dice.py`` scores them afterwards. Saving
-costs milliseconds and no training time; the files are training records, not part of the model: they are not
-checksummed and ``medseg export`` never copies them.
+``snapshots/epoch_NNNN.pt`` of the run folder, and ``benchmarks/time_to_dice.py`` scores them afterwards. A
+snapshot is the size of ``weights.pt`` (14 MB for OpenKBP's DynUNet 16-128), written between epochs. The files
+are training records, not part of the model: they are not checksummed and ``medseg export`` never copies them.
 
 A snapshot is the weights of a run still under way (its learning rate not yet decayed), so the curve shows how
 far a run has come at each minute, not what a run given that many minutes would score.
